@@ -1,0 +1,1 @@
+"""nodestage DICOM node: receive, store, assemble, schedule and send."""
