@@ -50,3 +50,4 @@ PULMONARY_ARTERY = "pulmonary_artery"  # trunk plus left and right main branches
 AZYGOS_VEIN = "azygos_vein"
 LUNG_LEFT = "lung_left"  # whole lung, when a source has no lobes (classical backend)
 LUNG_RIGHT = "lung_right"
+DIAPHRAGM = "diaphragm"

@@ -1,0 +1,122 @@
+"""`nodestage` command line: a thin layer over the pipeline and node APIs.
+
+Every command prints JSON or a one-line reason; a study that cannot be processed
+exits non-zero with that reason, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+EXIT_UNPROCESSABLE = 2
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from pipeline import phantom
+
+    if args.list:
+        _print_json(phantom.list_cases())
+        return 0
+    if not args.out_dir or not args.case:
+        sys.stderr.write("nodestage phantom: OUT_DIR and --case are required (or --list)\n")
+        return EXIT_UNPROCESSABLE
+    study = phantom.generate(args.out_dir, args.case, args.size, args.seed)
+    _print_json({"out_dir": str(study.out_dir), "truth": str(study.out_dir / "truth.json"),
+                 "expected": study.truth["expected"]})
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline.staging import stage_to_json
+
+    side = None if args.side == "unknown" else args.side
+    _print_json(stage_to_json(side, args.stations, args.edition))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.study import inspect_study
+
+    _print_json(inspect_study(Path(args.study_dir)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Until the node service exists: generate a phantom study and show its ground truth."""
+    from pipeline import phantom
+
+    out = Path(args.out_dir or tempfile.mkdtemp(prefix="nodestage-demo-"))
+    study = phantom.generate(out, args.case, "small", 0)
+    truth = study.truth
+    lines = [f"Phantom study '{truth['case']}': {truth['description']}",
+             f"  written to {out} ({truth['dicom']['ct_instances']} CT + {truth['dicom']['pet_instances']} PET instances)",
+             f"  primary: {truth['primary']['lobe']} ({truth['primary']['side']})"]
+    for lesion in truth["lesions"][1:]:
+        lines.append(f"  node {lesion['station']:>3}: {lesion['role']:<18} short axis {lesion['short_axis_mm']:.0f} mm, "
+                     f"SUVmax {lesion['suvmax']:.1f} -> {'positive' if lesion['positive'] else 'negative'}")
+    exp = truth["expected"]
+    lines.append(f"  expected: {exp['n_tnm8']} (TNM 8) / {exp['n_tnm9']} (TNM 9), "
+                 f"stations: {', '.join(exp['positive_stations']) or 'none'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodestage", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="write a synthetic PET/CT study with ground truth")
+    p.add_argument("out_dir", nargs="?")
+    p.add_argument("--case")
+    p.add_argument("--size", choices=["small", "full"], default="small")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--list", action="store_true", help="list the named cases")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("stage", help="N category from the primary's side and the positive stations")
+    p.add_argument("--side", choices=["left", "right", "unknown"], required=True)
+    p.add_argument("--stations", default="", help="comma-separated IASLC stations, e.g. 4R,7")
+    p.add_argument("--edition", type=int, choices=[8, 9])
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("inspect", help="which series would be used, geometry, SUV factor, warnings")
+    p.add_argument("study_dir")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="the main job (today: a phantom study and its ground truth)")
+    p.add_argument("--case", default="n2b_right_4r_7")
+    p.add_argument("--out-dir")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except PipelineError as err:
+        sys.stderr.write(f"nodestage {args.command}: {err}\n")
+        return EXIT_UNPROCESSABLE
+    except ValueError as err:
+        sys.stderr.write(f"nodestage {args.command}: {err}\n")
+        return EXIT_UNPROCESSABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
