@@ -18,7 +18,12 @@ class SUVInputError(StudyInputError):
 
     def __init__(self, attribute: str, message: str):
         self.attribute = attribute
+        self.detail = message
         super().__init__(f"{attribute}: {message}")
+
+    def __reduce__(self):
+        # Two-argument constructor: tell pickle how to rebuild it (worker subprocesses).
+        return (type(self), (self.attribute, self.detail))
 
 
 class GeometryError(StudyInputError):
