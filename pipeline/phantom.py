@@ -314,7 +314,7 @@ def generate(out_dir: str | Path, case: str, size: Size = "small", seed: int = 0
 
 def _timing(rng: np.random.Generator) -> dict[str, datetime]:
     injection = datetime(2026, 1, 15, 8, 0, 0) + timedelta(minutes=int(rng.integers(0, 120)))
-    series = injection + timedelta(minutes=int(rng.integers(62, 88)))
+    series = injection + timedelta(minutes=int(rng.integers(62, 75)))
     return {"injection": injection, "ct": series - timedelta(minutes=2), "series": series}
 
 
