@@ -54,6 +54,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Stage one study folder offline and write result.json and the DICOM outputs."""
+    from pipeline.run import run_study
+    from pipeline.settings import load_pipeline_settings
+
+    settings = load_pipeline_settings(args.config)
+    show = sys.stderr.isatty() or args.progress
+
+    def progress(stage: str, state: str) -> None:
+        if show:
+            sys.stderr.write(f"[nodestage] {stage:<9} {state}\n")
+
+    result = run_study(Path(args.study_dir), settings, Path(args.out), progress=progress)
+    _print_json({"n_tnm8": result.n_tnm8, "n_tnm9": result.n_tnm9, "stations": result.involved_stations,
+                 "result": str(Path(args.out) / "result.json"), "warnings": result.warnings})
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Until the node service exists: generate a phantom study and show its ground truth."""
     from pipeline import phantom
@@ -96,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="which series would be used, geometry, SUV factor, warnings")
     p.add_argument("study_dir")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("run", help="stage one study folder offline: result.json and DICOM SEG/SR/SC")
+    p.add_argument("study_dir")
+    p.add_argument("--out", required=True, help="output folder (result.json, summary.png, dicom/)")
+    p.add_argument("--config", help="config.yaml whose pipeline: section sets the backends")
+    p.add_argument("--progress", action="store_true", help="progress lines even when stderr is not a terminal")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the main job (today: a phantom study and its ground truth)")
     p.add_argument("--case", default="n2b_right_4r_7")

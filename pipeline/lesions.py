@@ -1,0 +1,550 @@
+"""FDG-avid lesions: detection, measurement and classification into primary, nodes and the rest.
+
+Two detection backends, chosen in config (`pipeline.settings.LesionSettings`):
+
+- ``suv_threshold`` (default): voxels with SUV above a threshold (fixed, default
+  2.5, or PERCIST-like 1.5 × liver SUVmean + 2 SD), inside the body, outside organs
+  with physiologic uptake (heart, kidneys, bladder, brain — where the anatomy has
+  them), then 26-connected components above a minimum volume.
+- ``nnunet``: a user-supplied nnU-Net v2 model (CT + SUV channels), run in memory
+  (`pipeline.lesions_nnunet`).
+
+Every lesion is then measured the same way (SUVmax on the PET's own voxels,
+SUVpeak as the highest 1 cm³ sphere mean, SUVmean, MTV, TLG, CT short axis) and
+classified:
+
+- primary: an intrapulmonary lesion (most of its surroundings are lung); with
+  several, config chooses (largest TLG by default) and the others are reported as
+  additional lung lesions, not staged as nodes;
+- node: a lesion whose voxels lie mostly in an IASLC station region (1–10);
+  intrapulmonary station lesions other than the primary are reported separately;
+- distant: outside the thorax (below the lung bases, or above the apices outside
+  station 1) — listed, not staged here;
+- other: inside the thorax but neither lung nor a station (e.g. bone, chest wall).
+
+Node positivity is DESIGN.md §4's default rule, configurable: SUVmax ≥ 2.5 and
+SUVmax > blood-pool SUVmean (descending aorta). A node with a CT short axis ≥ 10 mm
+that is not avid is "enlarged, not FDG-avid" and does not count. Enlarged nodes
+are looked for on the CT too (soft tissue in a station region), since a threshold
+on SUV cannot find a node that is not avid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.uid import generate_uid
+from scipy import ndimage
+
+from pipeline import anatomy_names as an
+from pipeline.anatomy import Anatomy
+from pipeline.errors import PipelineError
+from pipeline.settings import LesionSettings, PositivitySettings
+from pipeline.study_result import Lesion
+
+logger = logging.getLogger(__name__)
+
+SUVPEAK_SPHERE_ML = 1.0
+INTRAPULMONARY_SHELL_FRACTION = 0.5  # share of a lesion's 2–6 mm shell that is lung
+ENLARGED_NODE_HU = (-20.0, 120.0)
+ENLARGED_NODE_MAX_ML = 40.0
+NODAL_STATIONS = ("1R", "1L", "2R", "2L", "3a", "3p", "4R", "4L", "5", "6", "7",
+                  "8R", "8L", "9R", "9L", "10R", "10L")
+
+
+class LesionError(PipelineError):
+    """Lesion detection could not run (e.g. a PERCIST threshold without a liver)."""
+
+
+@dataclass(frozen=True)
+class ReferenceRegion:
+    name: str
+    suvmean: float | None
+    suvsd: float | None
+    voxels: int
+    source: str  # which mask or proxy it was measured in
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "suvmean": _r(self.suvmean), "suvsd": _r(self.suvsd),
+                "voxels": self.voxels, "source": self.source}
+
+
+@dataclass(frozen=True)
+class LesionFindings:
+    lesions: list[Lesion]
+    labels: sitk.Image  # lesion label map on the CT grid (value = Lesion.label_value)
+    blood_pool: ReferenceRegion
+    liver: ReferenceRegion
+    threshold_suv: float
+    threshold_rule: str
+    positivity_rule: str
+    warnings: list[str]
+
+
+def _r(v: float | None, nd: int = 4) -> float | None:
+    return None if v is None else round(float(v), nd)
+
+
+# --- geometry helpers --------------------------------------------------------------------
+
+def _spacing_zyx(img: sitk.Image) -> np.ndarray:
+    return np.array(img.GetSpacing()[::-1], dtype=float)
+
+
+def _voxel_ml(img: sitk.Image) -> float:
+    return float(np.prod(img.GetSpacing())) / 1000.0
+
+
+def _physical(img: sitk.Image, index_zyx) -> tuple[float, float, float]:
+    return tuple(img.TransformContinuousIndexToPhysicalPoint([float(index_zyx[2]), float(index_zyx[1]),
+                                                              float(index_zyx[0])]))
+
+
+def _ball(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
+    r = np.ceil(radius_mm / spacing_zyx).astype(int)
+    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    return (zz * spacing_zyx[0]) ** 2 + (yy * spacing_zyx[1]) ** 2 + (xx * spacing_zyx[2]) ** 2 <= radius_mm ** 2
+
+
+def _shell(mask: np.ndarray, spacing_zyx: np.ndarray, inner_mm: float, outer_mm: float) -> np.ndarray:
+    """Voxels between inner_mm and outer_mm outside `mask` (distance-transform based)."""
+    dist = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx)
+    return (dist > inner_mm) & (dist <= outer_mm)
+
+
+def _bbox(mask: np.ndarray, margin: np.ndarray, shape) -> tuple[slice, ...]:
+    idx = np.nonzero(mask)
+    return tuple(slice(max(int(i.min()) - int(m), 0), min(int(i.max()) + int(m) + 1, n))
+                 for i, m, n in zip(idx, margin, shape))
+
+
+# --- reference regions -------------------------------------------------------------------
+
+def _erode(mask: np.ndarray, spacing_zyx: np.ndarray, mm: float) -> np.ndarray:
+    if not mask.any():
+        return mask
+    return ndimage.distance_transform_edt(mask, sampling=spacing_zyx) > mm
+
+
+def blood_pool_region(anatomy: Anatomy, suv: np.ndarray, carina_z_index: float | None) -> ReferenceRegion:
+    """Mediastinal blood pool: the descending aorta below the arch, eroded 3 mm against spill-in."""
+    aorta = anatomy.mask("aorta")
+    if aorta is None or not aorta.any():
+        return ReferenceRegion("blood_pool", None, None, 0, "not available: the anatomy has no aorta")
+    sp = _spacing_zyx(anatomy.labels)
+    region = aorta.copy()
+    trachea = anatomy.mask("trachea")
+    source = "descending aorta (aorta label"
+    if trachea is not None and trachea.any():
+        # Posterior to the trachea's centre and below the carina: the descending part.
+        y_trachea = np.nonzero(trachea)[1].mean()
+        region[:, : int(y_trachea), :] = False
+        source += ", posterior to the trachea"
+    if carina_z_index is not None:
+        z = np.arange(region.shape[0])[:, None, None]
+        below = _below_in_patient(anatomy.labels, z, carina_z_index)
+        region &= below
+        source += ", below the carina"
+    core = _erode(region, sp, 3.0)
+    if core.sum() < 10:
+        core = region
+    source += ", eroded 3 mm)"
+    if core.sum() < 10:
+        return ReferenceRegion("blood_pool", None, None, int(core.sum()), "not available: descending aorta too small")
+    values = suv[core]
+    return ReferenceRegion("blood_pool", float(values.mean()), float(values.std()), int(core.sum()), source)
+
+
+def _below_in_patient(img: sitk.Image, z_index: np.ndarray, ref_index: float) -> np.ndarray:
+    """Slices inferior to `ref_index`, whatever the slice direction (feet-first, flipped)."""
+    superior_per_index = img.GetDirection()[8] * img.GetSpacing()[2]
+    return (z_index - ref_index) * superior_per_index < 0
+
+
+def liver_region(anatomy: Anatomy, suv: np.ndarray, ct: np.ndarray) -> ReferenceRegion:
+    """Liver reference: the liver label eroded 10 mm, else PERCIST's 3 cm sphere under the right lung base."""
+    sp = _spacing_zyx(anatomy.labels)
+    liver = anatomy.mask("liver")
+    if liver is not None and liver.sum() > 100:
+        core = _erode(liver, sp, 10.0)
+        if core.sum() < 50:
+            core = liver
+        return ReferenceRegion("liver", float(suv[core].mean()), float(suv[core].std()), int(core.sum()),
+                               "liver label, eroded 10 mm")
+    lung = anatomy.mask(an.LUNG_RIGHT)
+    if lung is None or not lung.any():
+        return ReferenceRegion("liver", None, None, 0, "not available: no liver label and no right lung")
+    img = anatomy.labels
+    zi = np.nonzero(lung)[0]
+    superior_sign = np.sign(img.GetDirection()[8] * img.GetSpacing()[2])
+    base = zi.min() if superior_sign > 0 else zi.max()  # most inferior lung slice
+    _, yi, xi = np.nonzero(lung)
+    centre = np.array([base - superior_sign * (45.0 / sp[0]), yi.mean(), xi.mean()])
+    if not (0 <= centre[0] < suv.shape[0]):
+        return ReferenceRegion("liver", None, None, 0, "not available: the field of view ends at the lung bases")
+    ball = _ball(15.0, sp)
+    lo = np.round(centre).astype(int) - np.array(ball.shape) // 2
+    sl = tuple(slice(max(l, 0), min(l + s, n)) for l, s, n in zip(lo, ball.shape, suv.shape))
+    bsl = tuple(slice(s.start - l, s.stop - l) for s, l in zip(sl, lo))
+    m = ball[bsl] & (ct[sl] > 0) & (ct[sl] < 100)
+    if m.sum() < 50:
+        return ReferenceRegion("liver", None, None, int(m.sum()), "not available: no soft tissue under the right lung base")
+    values = suv[sl][m]
+    return ReferenceRegion("liver", float(values.mean()), float(values.std()), int(m.sum()),
+                           "proxy: 3 cm sphere 45 mm below the right lung base (no liver label)")
+
+
+# --- detection ---------------------------------------------------------------------------
+
+def threshold_for(settings: LesionSettings, liver: ReferenceRegion) -> tuple[float, str]:
+    if settings.threshold == "fixed":
+        return settings.fixed_suv, f"SUV >= {settings.fixed_suv:g} (fixed)"
+    if liver.suvmean is None:
+        raise LesionError(f"PERCIST threshold needs a liver reference: {liver.source}")
+    t = 1.5 * liver.suvmean + 2 * (liver.suvsd or 0.0)
+    return t, f"SUV >= {t:.2f} (PERCIST-like: 1.5 x liver SUVmean {liver.suvmean:.2f} + 2 x SD {liver.suvsd:.2f})"
+
+
+def candidate_mask(suv: np.ndarray, ct: np.ndarray, anatomy: Anatomy, threshold: float,
+                   settings: LesionSettings) -> tuple[np.ndarray, list[str]]:
+    """Above threshold, inside the body, outside organs with physiologic uptake."""
+    mask = suv >= threshold
+    body = anatomy.mask(an.BODY)
+    if body is None or not body.any():
+        body = ct > -500
+    mask &= body
+    excluded = []
+    for organ in settings.exclude_physiologic:
+        m = anatomy.mask(organ)
+        if m is not None and m.any():
+            mask &= ~m
+            excluded.append(organ)
+    return mask, excluded
+
+
+def components(mask: np.ndarray, voxel_ml: float, min_volume_ml: float) -> tuple[np.ndarray, int]:
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return labels.astype(np.uint16), 0
+    sizes = np.bincount(labels.ravel())
+    keep = np.nonzero(sizes * voxel_ml >= min_volume_ml)[0]
+    keep = keep[keep > 0]
+    lut = np.zeros(n + 1, dtype=np.uint16)
+    lut[keep] = np.arange(1, len(keep) + 1)
+    return lut[labels], len(keep)
+
+
+def split_at_lung_border(labels: np.ndarray, n: int, lung: np.ndarray | None, spacing_zyx: np.ndarray,
+                         voxel_ml: float, min_volume_ml: float) -> tuple[np.ndarray, int]:
+    """Separate a node from an abutting primary: split components that straddle the lung border.
+
+    A component with a substantial part inside the (hole-filled) lung and a substantial
+    part outside it is cut along the lung border; each side must hold at least the
+    minimum volume, so a tumour that merely touches the pleura stays whole.
+    """
+    if lung is None or not lung.any() or n == 0:
+        return labels, n
+    lung_filled = np.zeros_like(lung)
+    for k in range(lung.shape[0]):
+        if lung[k].any():
+            lung_filled[k] = ndimage.binary_fill_holes(lung[k])
+    out = labels.copy()
+    next_label = n + 1
+    for lab in range(1, n + 1):
+        comp = labels == lab
+        inside = comp & lung_filled
+        outside = comp & ~lung_filled
+        if inside.sum() * voxel_ml < max(min_volume_ml, 0.5) or outside.sum() * voxel_ml < max(min_volume_ml, 0.5):
+            continue
+        sub, m = ndimage.label(outside, structure=np.ones((3, 3, 3), bool))
+        for j in range(1, m + 1):
+            part = sub == j
+            if part.sum() * voxel_ml >= max(min_volume_ml, 0.5):
+                out[part] = next_label
+                next_label += 1
+        logger.info("split a lesion straddling the lung border into intrapulmonary and extrapulmonary parts")
+    return out, next_label - 1
+
+
+# --- measurement -------------------------------------------------------------------------
+
+def suv_peak(suv: np.ndarray, mask: np.ndarray, spacing_zyx: np.ndarray) -> float:
+    """Highest mean SUV in a 1 cm³ sphere centred on a lesion voxel."""
+    radius = (3 * SUVPEAK_SPHERE_ML * 1000 / (4 * np.pi)) ** (1 / 3)
+    ball = _ball(radius, spacing_zyx).astype(np.float32)
+    ball /= ball.sum()
+    margin = np.array(ball.shape) // 2 + 1
+    sl = _bbox(mask, margin, suv.shape)
+    local = ndimage.convolve(suv[sl].astype(np.float32), ball, mode="nearest")
+    return float(local[mask[sl]].max())
+
+
+def short_axis_mm(mask: np.ndarray, spacing_zyx: np.ndarray) -> float:
+    """Short axis on the axial slice where the lesion is largest: width across the long axis."""
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    k = int(np.argmax(areas))
+    yi, xi = np.nonzero(mask[k])
+    if len(yi) < 3:
+        return float(min(spacing_zyx[1], spacing_zyx[2]) * max(len(yi), 1))
+    pts = np.stack([yi * spacing_zyx[1], xi * spacing_zyx[2]], axis=1)
+    pts -= pts.mean(axis=0)
+    _, vecs = np.linalg.eigh(np.cov(pts.T))
+    minor, major = vecs[:, 0], vecs[:, 1]
+    # Widest extent across the long axis, over lines parallel to it.
+    proj_minor = pts @ minor
+    pixel = float(np.sqrt(spacing_zyx[1] * spacing_zyx[2]))
+    return float(proj_minor.max() - proj_minor.min() + pixel)
+
+
+def ct_node_mask(ct: np.ndarray, lesion: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """The soft-tissue body of a node on CT: soft tissue within 5 mm of the avid region, connected to it."""
+    sl = _bbox(lesion, np.ceil(6.0 / spacing_zyx).astype(int) + 1, ct.shape)
+    les = lesion[sl]
+    near = ndimage.distance_transform_edt(~les, sampling=spacing_zyx) <= 5.0
+    soft = near & (ct[sl] >= ENLARGED_NODE_HU[0]) & (ct[sl] <= ENLARGED_NODE_HU[1])
+    lab, _ = ndimage.label(soft | les)
+    keep = np.unique(lab[les])
+    keep = keep[keep > 0]
+    out = np.zeros_like(lesion)
+    out[sl] = np.isin(lab, keep) & (soft | les)
+    return out
+
+
+# --- classification ----------------------------------------------------------------------
+
+@dataclass
+class _Candidate:
+    label: int
+    mask: np.ndarray
+    centroid_mm: tuple[float, float, float]
+    centroid_index: np.ndarray
+    suvmax: float
+    suvpeak: float
+    suvmean: float
+    mtv_ml: float
+    short_axis: float
+    station: str | None
+    lung_fraction: float
+    side_by_position: str | None
+    lobe: str | None
+    ct_only: bool = False
+
+    @property
+    def tlg(self) -> float:
+        return self.suvmean * self.mtv_ml
+
+
+def _lung_side(anatomy: Anatomy, mask: np.ndarray) -> tuple[str | None, str | None]:
+    """Side and lobe of an intrapulmonary lesion from the lung labels near it."""
+    sp = _spacing_zyx(anatomy.labels)
+    sl = _bbox(mask, np.ceil(8.0 / sp).astype(int), mask.shape)
+    region = ndimage.binary_dilation(mask[sl], structure=_ball(6.0, sp))
+    arr = anatomy.array()[sl]
+    best_lobe, best = None, 0
+    for lobe in an.LUNG_LOBES:
+        if lobe in anatomy.names:
+            c = int((arr[region] == anatomy.names[lobe]).sum())
+            if c > best:
+                best_lobe, best = lobe, c
+    if best_lobe:
+        return ("left" if best_lobe in an.LEFT_LUNG_LOBES else "right"), best_lobe
+    counts = {}
+    for side, name in (("left", an.LUNG_LEFT), ("right", an.LUNG_RIGHT)):
+        m = anatomy.mask(name)
+        counts[side] = int(m[sl][region].sum()) if m is not None else 0
+    if max(counts.values()) == 0:
+        return None, None
+    return max(counts, key=counts.get), None
+
+
+def _in_thorax(anatomy: Anatomy, centroid_index: np.ndarray) -> bool:
+    """Between the lung bases and apices (inclusive margins of 10 mm)."""
+    lungs = [anatomy.mask(n) for n in (an.LUNG_LEFT, an.LUNG_RIGHT)]
+    lungs = [m for m in lungs if m is not None and m.any()]
+    if not lungs:
+        return True
+    zi = np.nonzero(np.any(np.stack([m.any(axis=(1, 2)) for m in lungs]), axis=0))[0]
+    margin = 10.0 / _spacing_zyx(anatomy.labels)[0]
+    return zi.min() - margin <= centroid_index[0] <= zi.max() + margin
+
+
+def measure_and_classify(
+    volumes, anatomy: Anatomy, station_map, lesion_labels: np.ndarray, n: int,
+    lesion_settings: LesionSettings, positivity: PositivitySettings, blood_pool: ReferenceRegion,
+    study_uid: str, enlarged_candidates: list[np.ndarray] | None = None,
+) -> tuple[list[Lesion], np.ndarray, list[str]]:
+    """Measure each component, then decide primary / node / other and node positivity."""
+    ct_img: sitk.Image = volumes.ct
+    ct = sitk.GetArrayViewFromImage(ct_img)
+    suv = sitk.GetArrayViewFromImage(volumes.suv)
+    sp = _spacing_zyx(ct_img)
+    vml = _voxel_ml(ct_img)
+    lung = None
+    lungs = [anatomy.mask(name) for name in (an.LUNG_LEFT, an.LUNG_RIGHT)]
+    if any(m is not None for m in lungs):
+        lung = np.zeros(ct.shape, bool)
+        for m in lungs:
+            if m is not None:
+                lung |= m
+    pet_max = _pet_grid_max(volumes, lesion_labels, n)
+    warnings: list[str] = []
+    cands: list[_Candidate] = []
+    masks = [lesion_labels == lab for lab in range(1, n + 1)]
+    for extra in enlarged_candidates or []:
+        masks.append(extra)
+    for i, mask in enumerate(masks):
+        lab = i + 1
+        ct_only = i >= n
+        idx = np.argwhere(mask)
+        c_index = idx.mean(axis=0)
+        values = suv[mask]
+        shell = _shell(mask[_bbox(mask, np.ceil(7 / sp).astype(int) + 1, mask.shape)], sp, 2.0, 6.0)
+        lung_fraction = 0.0
+        if lung is not None:
+            lsl = _bbox(mask, np.ceil(7 / sp).astype(int) + 1, mask.shape)
+            lung_fraction = float(lung[lsl][shell].mean()) if shell.any() else 0.0
+        station = station_map.station_of_mask(_mask_image(mask, ct_img)) if station_map is not None else None
+        node_body = ct_node_mask(ct, mask, sp) if not ct_only else mask
+        side, lobe = _lung_side(anatomy, mask) if lung_fraction >= INTRAPULMONARY_SHELL_FRACTION else (None, None)
+        cands.append(_Candidate(
+            label=lab, mask=mask, centroid_mm=_physical(ct_img, c_index), centroid_index=c_index,
+            suvmax=float(max(pet_max.get(lab, 0.0), values.max())) if not ct_only else float(values.max()),
+            suvpeak=suv_peak(suv, mask, sp), suvmean=float(values.mean()), mtv_ml=float(mask.sum() * vml),
+            short_axis=short_axis_mm(node_body, sp), station=station, lung_fraction=lung_fraction,
+            side_by_position=side, lobe=lobe, ct_only=ct_only))
+
+    lung_lesions = [c for c in cands if not c.ct_only and c.lung_fraction >= INTRAPULMONARY_SHELL_FRACTION
+                    and (c.station is None or c.station not in NODAL_STATIONS)]
+    primary = _choose_primary(lung_lesions, lesion_settings.primary_choice)
+    bp = blood_pool.suvmean
+    lesions: list[Lesion] = []
+    out_labels = np.zeros(ct.shape, dtype=np.uint16)
+    node_no = 0
+    order = sorted(cands, key=lambda c: (c is not primary, c.centroid_mm[2] * -1))
+    for c in order:
+        kind, status, positive, rule, station, side = _classify(c, primary, anatomy, positivity, bp)
+        if kind == "node":
+            node_no += 1
+            tracking = f"Node {node_no} ({station})"
+        elif kind == "primary":
+            tracking = "Primary tumour"
+        else:
+            tracking = f"Lesion {len(lesions) + 1} ({kind.replace('_', ' ')})"
+        value = len(lesions) + 1
+        out_labels[c.mask] = value
+        lesions.append(Lesion(
+            index=value - 1, label_value=value, kind=kind, tracking_id=tracking,
+            tracking_uid=generate_uid(entropy_srcs=[study_uid, tracking, str(c.centroid_mm)]),
+            centroid_mm=c.centroid_mm, suvmax=c.suvmax, suvpeak=c.suvpeak, suvmean=c.suvmean,
+            mtv_ml=c.mtv_ml, tlg=c.tlg, short_axis_mm=c.short_axis, voxel_count=int(c.mask.sum()),
+            station=station, side=side, lobe=c.lobe if kind == "primary" else None,
+            status=status, positive=positive, rule=rule))
+    if primary is None:
+        warnings.append("no intrapulmonary FDG-avid lesion: primary tumour not found")
+    return lesions, out_labels, warnings
+
+
+def _choose_primary(lung_lesions: list[_Candidate], how: str) -> _Candidate | None:
+    if not lung_lesions:
+        return None
+    key = {"largest_tlg": lambda c: c.tlg, "highest_suvmax": lambda c: c.suvmax,
+           "largest_volume": lambda c: c.mtv_ml}[how]
+    return max(lung_lesions, key=key)
+
+
+def _classify(c: _Candidate, primary: _Candidate | None, anatomy: Anatomy, positivity: PositivitySettings,
+              blood_pool: float | None):
+    numbers = f"SUVmax {c.suvmax:.2f}, short axis {c.short_axis:.1f} mm"
+    if c is primary:
+        return ("primary", "not a node", True, f"primary tumour: {c.lung_fraction:.0%} of its surroundings is lung; "
+                f"chosen among intrapulmonary lesions by {numbers}", None, c.side_by_position)
+    if c.station in NODAL_STATIONS:
+        side = "right" if c.station.endswith("R") else "left" if c.station.endswith("L") else None
+        if c.station in ("5", "6"):
+            side = "left"
+        avid = c.suvmax >= positivity.min_suvmax
+        above_bp = (not positivity.above_blood_pool) or (blood_pool is not None and c.suvmax > blood_pool)
+        bp_text = (f"blood-pool SUVmean {blood_pool:.2f}" if blood_pool is not None else "blood pool not available")
+        if positivity.above_blood_pool and blood_pool is None:
+            above_bp = True
+            bp_text += " (rule applied on SUVmax alone)"
+        if not c.ct_only and avid and above_bp:
+            return ("node", "positive", True, f"station {c.station}: positive, {numbers} "
+                    f">= {positivity.min_suvmax:g} and > {bp_text}", c.station, side)
+        if c.short_axis >= positivity.enlarged_short_axis_mm:
+            return ("node", "enlarged, not FDG-avid", False, f"station {c.station}: enlarged, not FDG-avid: {numbers} "
+                    f"(short axis >= {positivity.enlarged_short_axis_mm:g} mm; SUVmax below {positivity.min_suvmax:g} "
+                    f"or not above {bp_text})", c.station, side)
+        return ("node", "negative", False, f"station {c.station}: negative: {numbers} (needs SUVmax >= "
+                f"{positivity.min_suvmax:g} and > {bp_text})", c.station, side)
+    if c.lung_fraction >= INTRAPULMONARY_SHELL_FRACTION:
+        return ("lung_other", "not a node", False, f"additional intrapulmonary lesion ({numbers}); "
+                "not staged as a node (a separate nodule or an intrapulmonary node cannot be told apart here)",
+                c.station, c.side_by_position)
+    if not _in_thorax(anatomy, c.centroid_index):
+        return ("distant", "not a node", False, f"outside the thorax ({numbers}): distant, not staged here",
+                None, None)
+    return ("other", "not a node", False, f"thoracic but outside the lungs and the station regions ({numbers}); "
+            "not staged here", c.station, None)
+
+
+def _mask_image(mask: np.ndarray, ref: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.CopyInformation(ref)
+    return img
+
+
+def _pet_grid_max(volumes, lesion_labels: np.ndarray, n: int) -> dict[int, float]:
+    """SUVmax on the PET's own voxels (QIBA: a voxel value, not an interpolated one)."""
+    pet = getattr(volumes, "suv_pet_grid", None)
+    if pet is None or n == 0:
+        return {}
+    lab_img = sitk.GetImageFromArray(lesion_labels.astype(np.uint16))
+    lab_img.CopyInformation(volumes.ct)
+    on_pet = sitk.Resample(lab_img, pet, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    lab = sitk.GetArrayViewFromImage(on_pet)
+    vals = sitk.GetArrayViewFromImage(pet)
+    out = {}
+    present = np.unique(lab)
+    for v in present[present > 0]:
+        out[int(v)] = float(vals[lab == v].max())
+    return out
+
+
+def enlarged_ct_candidates(volumes, anatomy: Anatomy, station_map, avid: np.ndarray,
+                           positivity: PositivitySettings) -> list[np.ndarray]:
+    """Soft-tissue nodes in station regions with a short axis over the enlargement limit, not avid.
+
+    Only where the station map exists; structures the anatomy names (vessels,
+    airways, esophagus, heart) are excluded, so on a sparse anatomy (classical
+    backend) unlabelled vessels can appear here: they are reported, never staged.
+    """
+    if station_map is None:
+        return []
+    ct_img = volumes.ct
+    ct = sitk.GetArrayViewFromImage(ct_img)
+    sp = _spacing_zyx(ct_img)
+    stations = sitk.GetArrayViewFromImage(station_map.labels)
+    nodal_values = [station_map.station_values[s] for s in NODAL_STATIONS if s in station_map.station_values]
+    region = np.isin(stations, nodal_values)
+    soft = region & (ct >= ENLARGED_NODE_HU[0]) & (ct <= ENLARGED_NODE_HU[1]) & ~avid
+    named = anatomy.array() > 0
+    if an.BODY in anatomy.names:
+        named &= anatomy.array() != anatomy.names[an.BODY]
+    soft &= ~named
+    soft = ndimage.binary_opening(soft, structure=_ball(2.0, sp))
+    lab, m = ndimage.label(soft)
+    out = []
+    vml = _voxel_ml(ct_img)
+    for j in range(1, m + 1):
+        comp = lab == j
+        vol = comp.sum() * vml
+        if vol > ENLARGED_NODE_MAX_ML or vol < 0.3:
+            continue
+        if short_axis_mm(comp, sp) >= positivity.enlarged_short_axis_mm:
+            out.append(comp)
+    return out

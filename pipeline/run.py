@@ -1,0 +1,196 @@
+"""`run_study`: one study folder in, a staged `StudyResult` (and its output files) out.
+
+It chains the stages of DESIGN.md §1 — series, volumes and SUV, anatomy, stations,
+lesions, staging, outputs — and times each. It takes only a folder and settings and
+writes only under `out_dir`, so the node can run it in a subprocess today and on a
+distributed executor later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from pipeline import __version__, lesions as lesion_mod
+from pipeline.anatomy import segment
+from pipeline.settings import PipelineSettings
+from pipeline.staging import stage
+from pipeline.stations import build_station_map
+from pipeline.study import load_study
+from pipeline.study_result import BackendInfo, StudyResult
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, str], None]  # (stage, "start" | "done in 1.2 s")
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str, progress: ProgressCallback | None):
+    if progress:
+        progress(name, "start")
+    t0 = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t0
+    if progress:
+        progress(name, f"done in {timings[name]:.1f} s")
+
+
+def _carina_index(station_map, anatomy, ct: sitk.Image) -> float | None:
+    """Carina level as a slice index on the CT grid, for the blood-pool region."""
+    z_mm = None
+    for lm in getattr(station_map, "landmarks", []) or []:
+        if lm.name == "carina" and lm.z_mm is not None:
+            z_mm = lm.z_mm
+    if z_mm is None and "carina" in anatomy.landmarks:
+        z_mm = anatomy.landmarks["carina"][2]
+    if z_mm is None:
+        return None
+    origin = np.array(ct.GetOrigin())
+    point = origin.copy()
+    point[2] = z_mm
+    return ct.TransformPhysicalPointToContinuousIndex(point.tolist())[2]
+
+
+def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, out_dir: str | Path | None = None,
+              progress: ProgressCallback | None = None) -> StudyResult:
+    """Stage one study. Raises PipelineError subclasses, with a one-line reason, for unusable input."""
+    settings = settings or PipelineSettings()
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    with _timed(timings, "volumes", progress):
+        volumes = load_study(study_dir)
+    warnings += volumes.warnings
+    first_ct = pydicom.dcmread(volumes.ct_files[0], stop_before_pixels=True)
+    study_uid = str(first_ct.get("StudyInstanceUID", ""))
+    logger.debug("study %s: volumes loaded", study_uid)
+
+    with _timed(timings, "anatomy", progress):
+        anatomy = segment(volumes.ct, settings.anatomy)
+
+    with _timed(timings, "stations", progress):
+        station_map = build_station_map(anatomy.labels, anatomy.names)
+
+    with _timed(timings, "lesions", progress):
+        findings = detect_lesions(volumes, anatomy, station_map, settings, study_uid)
+    warnings += findings.warnings
+
+    with _timed(timings, "staging", progress):
+        primary = next((l for l in findings.lesions if l.kind == "primary"), None)
+        positive = sorted({l.station for l in findings.lesions if l.kind == "node" and l.positive})
+        staging = stage(primary.side if primary else None, positive)
+        if primary is None:
+            warnings.append("primary tumour not found: the side is unknown")
+        if not findings.lesions:
+            warnings.append("no FDG-avid lesion above the threshold")
+
+    result = StudyResult(
+        study_instance_uid=study_uid,
+        accession_number=str(first_ct.get("AccessionNumber", "")),
+        ct_series_uid=volumes.selection.ct.series_instance_uid,
+        pet_series_uid=volumes.selection.pet.series_instance_uid,
+        n_tnm8=staging.n_tnm8, n_tnm9=staging.n_tnm9, involved_stations=list(staging.stations),
+        staging=staging.to_dict(), primary_side=primary.side if primary else None,
+        lesions=findings.lesions, landmarks=[_landmark_dict(l) for l in station_map.landmarks],
+        not_assessable=dict(station_map.not_assessable),
+        reference_regions={"blood_pool": findings.blood_pool.to_dict(), "liver": findings.liver.to_dict(),
+                           "lesion_threshold": {"suv": round(findings.threshold_suv, 4),
+                                                "rule": findings.threshold_rule}},
+        positivity_rule=findings.positivity_rule,
+        backends={
+            "pipeline": BackendInfo("nodestage", __version__),
+            "anatomy": BackendInfo(anatomy.backend, anatomy.version, anatomy.settings),
+            "stations": BackendInfo("iaslc_rules", __version__, {"proxies": _proxies(station_map)}),
+            "lesions": BackendInfo(settings.lesions.backend, findings_version(settings),
+                                   settings.lesions.model_dump(mode="json")),
+        },
+        timings_s=timings, warnings=_unique(warnings), suv=volumes.suv_factor.to_dict(),
+        lesion_labels=findings.labels, station_labels=station_map.labels,
+        station_values=dict(station_map.station_values), volumes=volumes,
+    )
+    if out_dir is not None:
+        with _timed(timings, "outputs", progress):
+            from pipeline.outputs import write_outputs
+
+            write_outputs(result, Path(out_dir), settings.outputs)
+    logger.info("study staged: %s (TNM 8) / %s (TNM 9), %d lesions", result.n_tnm8, result.n_tnm9, len(result.lesions))
+    return result
+
+
+def detect_lesions(volumes, anatomy, station_map, settings: PipelineSettings, study_uid: str):
+    """Detection (by backend), then the shared measurement and classification."""
+    ct = sitk.GetArrayViewFromImage(volumes.ct)
+    suv = sitk.GetArrayViewFromImage(volumes.suv)
+    carina = _carina_index(station_map, anatomy, volumes.ct)
+    blood_pool = lesion_mod.blood_pool_region(anatomy, suv, carina)
+    liver = lesion_mod.liver_region(anatomy, suv, ct)
+    warnings: list[str] = []
+    if blood_pool.suvmean is None:
+        warnings.append(f"blood pool {blood_pool.source}; node positivity uses the SUVmax threshold alone")
+    vml = float(np.prod(volumes.ct.GetSpacing())) / 1000.0
+    sp = np.array(volumes.ct.GetSpacing()[::-1])
+    ls = settings.lesions
+    if ls.backend == "nnunet":
+        from pipeline.lesions_nnunet import predict_lesion_mask
+
+        mask = predict_lesion_mask(volumes, ls.nnunet)
+        threshold, rule = float("nan"), f"nnU-Net model {ls.nnunet.model_dir}"
+    else:
+        threshold, rule = lesion_mod.threshold_for(ls, liver)
+        mask, excluded = lesion_mod.candidate_mask(suv, ct, anatomy, threshold, ls)
+        rule += f"; inside the body; excluding {', '.join(excluded) or 'no organ (none in the anatomy)'}"
+    labels, n = lesion_mod.components(mask, vml, ls.min_volume_ml)
+    if ls.split_touching:
+        lung = _lungs(anatomy)
+        labels, n = lesion_mod.split_at_lung_border(labels, n, lung, sp, vml, ls.min_volume_ml)
+    enlarged = lesion_mod.enlarged_ct_candidates(volumes, anatomy, station_map, labels > 0, settings.positivity)
+    lesions, out_labels, w = lesion_mod.measure_and_classify(
+        volumes, anatomy, station_map, labels, n, ls, settings.positivity, blood_pool, study_uid, enlarged)
+    warnings += w
+    pos = settings.positivity
+    positivity_rule = (f"node positive when SUVmax >= {pos.min_suvmax:g}"
+                       + (" and SUVmax > blood-pool SUVmean (descending aorta)" if pos.above_blood_pool else "")
+                       + f"; short axis >= {pos.enlarged_short_axis_mm:g} mm without avidity is reported as "
+                       "'enlarged, not FDG-avid' and does not count")
+    label_img = sitk.GetImageFromArray(out_labels)
+    label_img.CopyInformation(volumes.ct)
+    return lesion_mod.LesionFindings(lesions, label_img, blood_pool, liver, threshold, rule, positivity_rule, warnings)
+
+
+def findings_version(settings: PipelineSettings) -> str:
+    if settings.lesions.backend == "nnunet":
+        import nnunetv2
+
+        return f"nnunetv2 {getattr(nnunetv2, '__version__', 'unknown')}"
+    return __version__
+
+
+def _lungs(anatomy) -> np.ndarray | None:
+    from pipeline import anatomy_names as an
+
+    out = None
+    for name in (an.LUNG_LEFT, an.LUNG_RIGHT):
+        m = anatomy.mask(name)
+        if m is not None:
+            out = m.copy() if out is None else out | m
+    return out
+
+
+def _landmark_dict(lm) -> dict:
+    return lm.to_dict() if hasattr(lm, "to_dict") else dict(lm.__dict__)
+
+
+def _proxies(station_map) -> list[str]:
+    return sorted({str(getattr(l, "source", "")) for l in station_map.landmarks
+                   if str(getattr(l, "source", "")).startswith("proxy")})
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
