@@ -52,6 +52,9 @@ SUVPEAK_SPHERE_ML = 1.0
 INTRAPULMONARY_SHELL_FRACTION = 0.5  # share of a lesion's 2–6 mm shell that is lung
 ENLARGED_NODE_HU = (-20.0, 120.0)
 ENLARGED_NODE_MAX_ML = 40.0
+ENLARGED_NODE_MAX_ELONGATION = 2.5  # long/short axis: tubes (vessels, esophagus) are not nodes
+SPILL_OVER_MM = 6.0  # about one PET FWHM
+CT_NODE_SEARCH_NEEDS = ("aorta", "esophagus", "heart", "superior_vena_cava")
 NODAL_STATIONS = ("1R", "1L", "2R", "2L", "3a", "3p", "4R", "4L", "5", "6", "7",
                   "8R", "8L", "9R", "9L", "10R", "10L")
 
@@ -209,6 +212,17 @@ def threshold_for(settings: LesionSettings, liver: ReferenceRegion) -> tuple[flo
     return t, f"SUV >= {t:.2f} (PERCIST-like: 1.5 x liver SUVmean {liver.suvmean:.2f} + 2 x SD {liver.suvsd:.2f})"
 
 
+def physiologic_mask(anatomy: Anatomy, settings: LesionSettings) -> tuple[np.ndarray | None, list[str]]:
+    """Union of the organs whose uptake is physiologic, as far as the anatomy has them."""
+    union, names = None, []
+    for organ in settings.exclude_physiologic:
+        m = anatomy.mask(organ)
+        if m is not None and m.any():
+            union = m.copy() if union is None else union | m
+            names.append(organ)
+    return union, names
+
+
 def candidate_mask(suv: np.ndarray, ct: np.ndarray, anatomy: Anatomy, threshold: float,
                    settings: LesionSettings) -> tuple[np.ndarray, list[str]]:
     """Above threshold, inside the body, outside organs with physiologic uptake."""
@@ -217,13 +231,35 @@ def candidate_mask(suv: np.ndarray, ct: np.ndarray, anatomy: Anatomy, threshold:
     if body is None or not body.any():
         body = ct > -500
     mask &= body
-    excluded = []
-    for organ in settings.exclude_physiologic:
-        m = anatomy.mask(organ)
-        if m is not None and m.any():
-            mask &= ~m
-            excluded.append(organ)
+    organs, excluded = physiologic_mask(anatomy, settings)
+    if organs is not None:
+        mask &= ~organs
     return mask, excluded
+
+
+def drop_spill_over(labels: np.ndarray, n: int, suv: np.ndarray, organs: np.ndarray | None,
+                    spacing_zyx: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Remove components that are only the blurred edge of an organ's physiologic uptake.
+
+    PET resolution (about 6 mm FWHM) spreads myocardial or renal uptake a few mm
+    beyond the organ's CT outline. Such a rim peaks at the organ's border; a real
+    lesion next to the organ peaks inside itself. So a component whose SUV maximum
+    lies within SPILL_OVER_MM of the organ is dropped.
+    """
+    if organs is None or n == 0:
+        return labels, n, 0
+    margin = np.ceil((SPILL_OVER_MM + 2) / spacing_zyx).astype(int)
+    sl = _bbox(organs, margin, organs.shape)
+    near = np.zeros(organs.shape, bool)
+    near[sl] = ndimage.distance_transform_edt(~organs[sl], sampling=spacing_zyx) <= SPILL_OVER_MM
+    maxima = ndimage.maximum_position(suv, labels, index=np.arange(1, n + 1))
+    drop = [lab for lab, pos in zip(range(1, n + 1), maxima) if near[pos]]
+    if not drop:
+        return labels, n, 0
+    lut = np.zeros(n + 1, dtype=labels.dtype)
+    keep = [lab for lab in range(1, n + 1) if lab not in set(drop)]
+    lut[keep] = np.arange(1, len(keep) + 1)
+    return lut[labels], len(keep), len(drop)
 
 
 def components(mask: np.ndarray, voxel_ml: float, min_volume_ml: float) -> tuple[np.ndarray, int]:
@@ -298,6 +334,17 @@ def short_axis_mm(mask: np.ndarray, spacing_zyx: np.ndarray) -> float:
     proj_minor = pts @ minor
     pixel = float(np.sqrt(spacing_zyx[1] * spacing_zyx[2]))
     return float(proj_minor.max() - proj_minor.min() + pixel)
+
+
+def long_axis_mm(mask: np.ndarray, spacing_zyx: np.ndarray) -> float:
+    """Largest extent along a principal axis in 3D (for the elongation check)."""
+    pts = np.argwhere(mask) * spacing_zyx
+    if len(pts) < 3:
+        return float(spacing_zyx.max())
+    pts = pts - pts.mean(axis=0)
+    _, vecs = np.linalg.eigh(np.cov(pts.T))
+    proj = pts @ vecs[:, -1]
+    return float(proj.max() - proj.min() + spacing_zyx.min())
 
 
 def ct_node_mask(ct: np.ndarray, lesion: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
@@ -525,6 +572,10 @@ def enlarged_ct_candidates(volumes, anatomy: Anatomy, station_map, avid: np.ndar
     """
     if station_map is None:
         return []
+    if not all(anatomy.has(name) for name in CT_NODE_SEARCH_NEEDS):
+        # Without vessels and the esophagus labelled, soft tissue in the station regions
+        # is mostly those structures: the search would report them as nodes.
+        return []
     ct_img = volumes.ct
     ct = sitk.GetArrayViewFromImage(ct_img)
     sp = _spacing_zyx(ct_img)
@@ -545,6 +596,7 @@ def enlarged_ct_candidates(volumes, anatomy: Anatomy, station_map, avid: np.ndar
         vol = comp.sum() * vml
         if vol > ENLARGED_NODE_MAX_ML or vol < 0.3:
             continue
-        if short_axis_mm(comp, sp) >= positivity.enlarged_short_axis_mm:
+        short = short_axis_mm(comp, sp)
+        if short >= positivity.enlarged_short_axis_mm and long_axis_mm(comp, sp) <= ENLARGED_NODE_MAX_ELONGATION * short:
             out.append(comp)
     return out

@@ -299,6 +299,9 @@ def build_scene(lesion_shapes: list[Shape]) -> Scene:
     s = Scene()
     s.add("chest_wall", EllipticCylinder(0.0, 5.0, 165.0, 110.0, -400.0, 90.0))
     s.add("chest_wall", EllipticCylinder(0.0, 10.0, 65.0, 65.0, 90.0, 400.0))
+    # Inside the rib cage, whatever the lungs and organs leave is fat (pleural, cardiophrenic).
+    s.add("mediastinal_fat", Clipped(EllipticCylinder(0.0, 5.0, 140.0, 92.0, -200.0, 75.0),
+                                     lambda x, y, z: z > dome_z(x, y)))
     for side, cx, dome in (("right", -95.0, right_dome_z), ("left", 95.0, left_dome_z)):
         lung = Clipped(Ellipsoid((cx, 8.0, -25.0), (62.0, 88.0, 100.0)),
                        (lambda d: (lambda x, y, z: z > d(x, y)))(dome))
@@ -313,7 +316,9 @@ def build_scene(lesion_shapes: list[Shape]) -> Scene:
                            lambda x, y, z: z <= right_dome_z(x, y) - 6.0))
     # Mediastinal fat: a margin around every mediastinal structure and lesion pushes the lungs back.
     structures = mediastinal_structures()
-    s.add("mediastinal_fat", EllipticCylinder(0.0, -15.0, 30.0, 70.0, -90.0, 80.0))
+    s.add("mediastinal_fat", Clipped(EllipticCylinder(0.0, -15.0, 30.0, 70.0, -200.0, 80.0),
+                                       lambda x, y, z: z > dome_z(x, y)))
+
     for _, shape in structures:
         s.add("mediastinal_fat", grown(shape, 5.0))
     for shape in lesion_shapes[1:]:  # nodes sit in fat; the primary (index 0) sits in its lobe

@@ -147,6 +147,10 @@ def detect_lesions(volumes, anatomy, station_map, settings: PipelineSettings, st
         mask, excluded = lesion_mod.candidate_mask(suv, ct, anatomy, threshold, ls)
         rule += f"; inside the body; excluding {', '.join(excluded) or 'no organ (none in the anatomy)'}"
     labels, n = lesion_mod.components(mask, vml, ls.min_volume_ml)
+    organs, _ = lesion_mod.physiologic_mask(anatomy, ls)
+    labels, n, dropped = lesion_mod.drop_spill_over(labels, n, suv, organs, sp)
+    if dropped:
+        logger.info("%d candidate(s) dropped as spill-over from physiologic uptake", dropped)
     if ls.split_touching:
         lung = _lungs(anatomy)
         labels, n = lesion_mod.split_at_lung_border(labels, n, lung, sp, vml, ls.min_volume_ml)
