@@ -140,6 +140,8 @@ def grown(shape: Shape, margin: float) -> Shape:
         return Tube(shape.points, shape.radius + margin)
     if isinstance(shape, Ellipsoid):
         return Ellipsoid(shape.center, tuple(s + margin for s in shape.semi))
+    if isinstance(shape, Clipped):
+        return grown(shape.shape, margin)
     if isinstance(shape, EllipticCylinder):
         return EllipticCylinder(shape.cx, shape.cy, shape.ax + margin, shape.ay + margin,
                                 shape.z0 - margin, shape.z1 + margin)
@@ -265,7 +267,8 @@ def mediastinal_structures() -> list[tuple[str, Shape]]:
     return [
         ("heart_blood", Ellipsoid((15.0, -40.0, -75.0), (55.0, 45.0, 45.0))),
         ("esophagus", Tube(((10.0, 15.0, 160.0), (10.0, 20.0, 60.0), (10.0, 20.0, -100.0), (20.0, 10.0, -150.0)), 8.0)),
-        ("trachea", Tube(((0.0, -10.0, 170.0), (0.0, 0.0, 0.0)), 11.0)),
+        # Flat-ended at the carina (z = 0): the main bronchi take over below it.
+        ("trachea", Clipped(Tube(((0.0, -10.0, 170.0), (0.0, 0.0, 0.0)), 11.0), lambda x, y, z: z >= 0.0)),
         (an.MAIN_BRONCHUS_RIGHT, Tube(((0.0, 0.0, 0.0), (-30.0, 5.0, -20.0)), 7.0)),
         (an.BRONCHUS_INTERMEDIUS, Tube(((-30.0, 5.0, -20.0), (-42.0, 10.0, -42.0)), 6.0)),
         (an.MAIN_BRONCHUS_LEFT, Tube(((0.0, 0.0, 0.0), (45.0, 8.0, -30.0)), 7.0)),

@@ -107,7 +107,7 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         backends={
             "pipeline": BackendInfo("nodestage", __version__),
             "anatomy": BackendInfo(anatomy.backend, anatomy.version, anatomy.settings),
-            "stations": BackendInfo("iaslc_rules", __version__, {"proxies": _proxies(station_map)}),
+            "stations": BackendInfo("iaslc_rules", __version__, {"proxies": list(station_map.proxies)}),
             "lesions": BackendInfo(settings.lesions.backend, findings_version(settings),
                                    settings.lesions.model_dump(mode="json")),
         },
@@ -189,11 +189,6 @@ def _lungs(anatomy) -> np.ndarray | None:
 
 def _landmark_dict(lm) -> dict:
     return lm.to_dict() if hasattr(lm, "to_dict") else dict(lm.__dict__)
-
-
-def _proxies(station_map) -> list[str]:
-    return sorted({str(getattr(l, "source", "")) for l in station_map.landmarks
-                   if str(getattr(l, "source", "")).startswith("proxy")})
 
 
 def _unique(items: list[str]) -> list[str]:
