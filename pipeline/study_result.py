@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import SimpleITK as sitk
 
-LesionKind = Literal["primary", "node", "lung_other", "distant"]
+LesionKind = Literal["primary", "node", "lung_other", "distant", "other"]
 NodeStatus = Literal["positive", "enlarged, not FDG-avid", "negative", "not a node"]
 
 
