@@ -536,7 +536,7 @@ def _classify(c: _Candidate, primary: _Candidate | None, anatomy: Anatomy, posit
         return ("distant", "not a node", False, f"outside the thorax ({numbers}): distant, not staged here",
                 None, None)
     return ("other", "not a node", False, f"thoracic but outside the lungs and the station regions ({numbers}); "
-            "not staged here", c.station, None)
+            "not staged here", None, None)
 
 
 def _mask_image(mask: np.ndarray, ref: sitk.Image) -> sitk.Image:

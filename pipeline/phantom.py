@@ -49,7 +49,7 @@ STATION_SITES: dict[str, tuple[float, float, float]] = {
     "7": (-4.0, 10.0, -22.0),
     "8R": (-10.0, 22.0, -70.0), "8L": (26.0, 8.0, -75.0),
     "9R": (-35.0, 20.0, -90.0), "9L": (45.0, 12.0, -95.0),
-    "10R": (-36.0, -8.0, -8.0), "10L": (48.0, -10.0, -35.0),
+    "10R": (-42.0, -8.0, -16.0), "10L": (48.0, -10.0, -35.0),
 }
 # A pretracheal 4R node just left of the midline but right of the left tracheal
 # border (x = +11 mm): right-sided by the IASLC split, so N3 for a left primary.
