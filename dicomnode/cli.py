@@ -73,22 +73,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the node service exists: generate a phantom study and show its ground truth."""
-    from pipeline import phantom
+    """The main job: a PACS (Orthanc) routes a study to the node, which sends its results back."""
+    from dicomnode.commands import demo
 
-    out = Path(args.out_dir or tempfile.mkdtemp(prefix="nodestage-demo-"))
-    study = phantom.generate(out, args.case, "small", 0)
-    truth = study.truth
-    lines = [f"Phantom study '{truth['case']}': {truth['description']}",
-             f"  written to {out} ({truth['dicom']['ct_instances']} CT + {truth['dicom']['pet_instances']} PET instances)",
-             f"  primary: {truth['primary']['lobe']} ({truth['primary']['side']})"]
-    for lesion in truth["lesions"][1:]:
-        lines.append(f"  node {lesion['station']:>3}: {lesion['role']:<18} short axis {lesion['short_axis_mm']:.0f} mm, "
-                     f"SUVmax {lesion['suvmax']:.1f} -> {'positive' if lesion['positive'] else 'negative'}")
-    exp = truth["expected"]
-    lines.append(f"  expected: {exp['n_tnm8']} (TNM 8) / {exp['n_tnm9']} (TNM 9), "
-                 f"stations: {', '.join(exp['positive_stations']) or 'none'}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    result = demo(args.study, args.case, args.out_dir, progress=lambda line: sys.stdout.write(line + "\n"))
+    return 0 if result.get("state") == "DONE" else EXIT_UNPROCESSABLE
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.commands import serve
+
+    return serve(args.config)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dicomnode.commands import status
+
+    _print_json(status(args.config))
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.commands import echo
+
+    result = echo(args.target, calling_aet=args.aet, config_path=args.config)
+    _print_json(result)
+    return 0 if result.get("ok") else 1
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from dicomnode.commands import reprocess
+
+    _print_json(reprocess(args.config, args.study))
     return 0
 
 
@@ -122,10 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="progress lines even when stderr is not a terminal")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the main job (today: a phantom study and its ground truth)")
-    p.add_argument("--case", default="n2b_right_4r_7")
-    p.add_argument("--out-dir")
+    p = sub.add_parser("demo", help="the main job: Orthanc routes a study to the node and gets SEG/SR/SC back")
+    p.add_argument("--study", help="a study folder to route (default: a generated phantom)")
+    p.add_argument("--case", default="n2b_right_4r_7", help="phantom case when --study is not given")
+    p.add_argument("--out-dir", help="where the demo keeps its PACS, node and results (default: a temp dir)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="run the DICOM node in the foreground (SIGTERM stops it cleanly)")
+    p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="studies by state, the queue, failed sends, the last errors")
+    p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("echo", help="C-ECHO a peer: AE@HOST:PORT")
+    p.add_argument("target")
+    p.add_argument("--aet", help="calling AE title (default: the node's)")
+    p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("reprocess", help="queue a study again (a new version; earlier outputs kept)")
+    p.add_argument("study", help="StudyInstanceUID or the study number shown by status")
+    p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
+    p.set_defaults(func=cmd_reprocess)
     return parser
 
 

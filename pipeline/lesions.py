@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 SUVPEAK_SPHERE_ML = 1.0
 INTRAPULMONARY_SHELL_FRACTION = 0.5  # share of a lesion's 2–6 mm shell that is lung
+PRIMARY_MIN_SHELL_FRACTION = 0.15  # a central mass must at least abut the lung
+CENTRAL_PRIMARY_MIN_ML = 10.0
+SPLIT_SADDLE_RATIO = 0.7
 ENLARGED_NODE_HU = (-20.0, 120.0)
 ENLARGED_NODE_MAX_ML = 40.0
 ENLARGED_NODE_MAX_ELONGATION = 2.5  # long/short axis: tubes (vessels, esophagus) are not nodes
@@ -274,35 +277,46 @@ def components(mask: np.ndarray, voxel_ml: float, min_volume_ml: float) -> tuple
     return lut[labels], len(keep)
 
 
-def split_at_lung_border(labels: np.ndarray, n: int, lung: np.ndarray | None, spacing_zyx: np.ndarray,
-                         voxel_ml: float, min_volume_ml: float) -> tuple[np.ndarray, int]:
-    """Separate a node from an abutting primary: split components that straddle the lung border.
+def split_at_lung_border(labels: np.ndarray, n: int, lung: np.ndarray | None, suv: np.ndarray,
+                         spacing_zyx: np.ndarray, voxel_ml: float, min_volume_ml: float) -> tuple[np.ndarray, int]:
+    """Separate a node from an abutting primary, only where the uptake shows two lesions.
 
-    A component with a substantial part inside the (hole-filled) lung and a substantial
-    part outside it is cut along the lung border; each side must hold at least the
-    minimum volume, so a tumour that merely touches the pleura stays whole.
+    A component that straddles the (hole-filled) lung border is cut there only when
+    both sides hold a real volume AND each side has its own peak: the hottest voxel on
+    the border must be below SPLIT_SADDLE_RATIO of the smaller of the two peaks. A
+    single mass that crosses the border (a central tumour) has no such valley and
+    stays whole.
     """
     if lung is None or not lung.any() or n == 0:
         return labels, n
-    lung_filled = np.zeros_like(lung)
-    for k in range(lung.shape[0]):
-        if lung[k].any():
-            lung_filled[k] = ndimage.binary_fill_holes(lung[k])
     out = labels.copy()
     next_label = n + 1
-    for lab in range(1, n + 1):
-        comp = labels == lab
-        inside = comp & lung_filled
-        outside = comp & ~lung_filled
-        if inside.sum() * voxel_ml < max(min_volume_ml, 0.5) or outside.sum() * voxel_ml < max(min_volume_ml, 0.5):
+    min_part = max(min_volume_ml, 0.5)
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        comp = labels[sl] == lab
+        lung_local = lung[sl]
+        filled = np.zeros_like(lung_local)
+        for k in range(lung_local.shape[0]):
+            if lung_local[k].any():
+                filled[k] = ndimage.binary_fill_holes(lung_local[k])
+        inside, outside = comp & filled, comp & ~filled
+        if inside.sum() * voxel_ml < min_part or outside.sum() * voxel_ml < min_part:
+            continue
+        s = suv[sl]
+        border = inside & ndimage.binary_dilation(outside, structure=np.ones((3, 3, 3), bool))
+        saddle = float(s[border].max()) if border.any() else 0.0
+        peak_in, peak_out = float(s[inside].max()), float(s[outside].max())
+        if saddle >= SPLIT_SADDLE_RATIO * min(peak_in, peak_out):
             continue
         sub, m = ndimage.label(outside, structure=np.ones((3, 3, 3), bool))
         for j in range(1, m + 1):
             part = sub == j
-            if part.sum() * voxel_ml >= max(min_volume_ml, 0.5):
-                out[part] = next_label
+            if part.sum() * voxel_ml >= min_part:
+                out[sl][part] = next_label
                 next_label += 1
-        logger.info("split a lesion straddling the lung border into intrapulmonary and extrapulmonary parts")
+        logger.info("split a lesion at the lung border (peaks %.1f / %.1f, saddle %.1f)", peak_in, peak_out, saddle)
     return out, next_label - 1
 
 
@@ -366,9 +380,9 @@ def ct_node_mask(ct: np.ndarray, lesion: np.ndarray, spacing_zyx: np.ndarray) ->
 @dataclass
 class _Candidate:
     label: int
-    mask: np.ndarray
+    sl: tuple[slice, ...]  # crop of the CT grid holding the lesion plus a margin
+    local: np.ndarray  # lesion mask inside the crop
     centroid_mm: tuple[float, float, float]
-    centroid_index: np.ndarray
     suvmax: float
     suvpeak: float
     suvmean: float
@@ -378,6 +392,7 @@ class _Candidate:
     lung_fraction: float
     side_by_position: str | None
     lobe: str | None
+    subdiaphragmatic: bool
     ct_only: bool = False
 
     @property
@@ -385,38 +400,92 @@ class _Candidate:
         return self.suvmean * self.mtv_ml
 
 
-def _lung_side(anatomy: Anatomy, mask: np.ndarray) -> tuple[str | None, str | None]:
-    """Side and lobe of an intrapulmonary lesion from the lung labels near it."""
-    sp = _spacing_zyx(anatomy.labels)
-    sl = _bbox(mask, np.ceil(8.0 / sp).astype(int), mask.shape)
-    region = ndimage.binary_dilation(mask[sl], structure=_ball(6.0, sp))
-    arr = anatomy.array()[sl]
+def _crop(mask_slices: tuple[slice, ...], margin: np.ndarray, shape) -> tuple[slice, ...]:
+    return tuple(slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(mask_slices, margin, shape))
+
+
+def _station_of(local: np.ndarray, stations: np.ndarray | None, value_to_station: dict[int, str],
+                spacing_zyx: np.ndarray, max_distance_mm: float = 10.0) -> str | None:
+    """Station holding most of the lesion; else the nearest within 10 mm; else None."""
+    if stations is None:
+        return None
+    vals = stations[local]
+    vals = vals[vals > 0]
+    if vals.size:
+        return value_to_station.get(int(np.argmax(np.bincount(vals.astype(np.int64)))))
+    if not (stations > 0).any():
+        return None
+    d = ndimage.distance_transform_edt(~local, sampling=spacing_zyx)
+    cand = (stations > 0) & (d <= max_distance_mm)
+    if not cand.any():
+        return None
+    return value_to_station.get(int(stations.flat[int(np.argmin(np.where(cand, d, np.inf)))]))
+
+
+def _lung_side(anatomy_arr: np.ndarray, names: dict[str, int], lungs: dict[str, np.ndarray | None],
+               local: np.ndarray, spacing_zyx: np.ndarray) -> tuple[str | None, str | None]:
+    """Side and lobe of a lesion from the lung labels within 6 mm of it."""
+    region = ndimage.distance_transform_edt(~local, sampling=spacing_zyx) <= 6.0
     best_lobe, best = None, 0
     for lobe in an.LUNG_LOBES:
-        if lobe in anatomy.names:
-            c = int((arr[region] == anatomy.names[lobe]).sum())
+        if lobe in names:
+            c = int((anatomy_arr[region] == names[lobe]).sum())
             if c > best:
                 best_lobe, best = lobe, c
     if best_lobe:
         return ("left" if best_lobe in an.LEFT_LUNG_LOBES else "right"), best_lobe
-    counts = {}
-    for side, name in (("left", an.LUNG_LEFT), ("right", an.LUNG_RIGHT)):
-        m = anatomy.mask(name)
-        counts[side] = int(m[sl][region].sum()) if m is not None else 0
-    if max(counts.values()) == 0:
+    counts = {side: int(m[region].sum()) if m is not None else 0 for side, m in lungs.items()}
+    if max(counts.values(), default=0) == 0:
         return None, None
     return max(counts, key=counts.get), None
 
 
-def _in_thorax(anatomy: Anatomy, centroid_index: np.ndarray) -> bool:
-    """Between the lung bases and apices (inclusive margins of 10 mm)."""
+def lung_base_height(lung: np.ndarray | None, img: sitk.Image, reach_mm: float = 80.0) -> np.ndarray | None:
+    """Per (y, x) column, the patient z (mm) of the lowest lung voxel within `reach_mm` of it.
+
+    This stands in for the diaphragm: whatever lies lower than every lung voxel
+    around it is abdominal. Taking the lowest lung within 80 mm makes the surface
+    dip to the posterior costophrenic recesses, so the test errs towards calling a
+    lesion thoracic; columns with no lung within reach get +inf (no verdict).
+    """
+    if lung is None or not lung.any():
+        return None
+    has = lung.any(axis=0)
+    index_of_lowest = np.where(has, _lowest_index(lung, img), 0)
+    z0 = img.GetOrigin()[2]
+    dz = img.GetDirection()[8] * img.GetSpacing()[2]
+    z_base = np.where(has, z0 + index_of_lowest * dz, np.inf)
+    sy, sx = img.GetSpacing()[1], img.GetSpacing()[0]
+    ry, rx = int(reach_mm / sy), int(reach_mm / sx)
+    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    footprint = (yy * sy) ** 2 + (xx * sx) ** 2 <= reach_mm ** 2
+    return ndimage.minimum_filter(z_base, footprint=footprint, mode="constant", cval=np.inf)
+
+
+def _lowest_index(lung: np.ndarray, img: sitk.Image) -> np.ndarray:
+    if img.GetDirection()[8] * img.GetSpacing()[2] > 0:  # index 0 is the most inferior slice
+        return np.argmax(lung, axis=0)
+    return lung.shape[0] - 1 - np.argmax(lung[::-1], axis=0)
+
+
+def _is_subdiaphragmatic(c_index: np.ndarray, c_mm, base_mm: np.ndarray | None, margin_mm: float = 10.0) -> bool:
+    if base_mm is None:
+        return False
+    j = min(max(int(round(c_index[1])), 0), base_mm.shape[0] - 1)
+    i = min(max(int(round(c_index[2])), 0), base_mm.shape[1] - 1)
+    return bool(c_mm[2] < base_mm[j, i] - margin_mm)
+
+
+def _in_thorax(anatomy: Anatomy, centroid_mm) -> bool:
+    """Between the lung bases and apices (with 10 mm margins)."""
     lungs = [anatomy.mask(n) for n in (an.LUNG_LEFT, an.LUNG_RIGHT)]
     lungs = [m for m in lungs if m is not None and m.any()]
     if not lungs:
         return True
-    zi = np.nonzero(np.any(np.stack([m.any(axis=(1, 2)) for m in lungs]), axis=0))[0]
-    margin = 10.0 / _spacing_zyx(anatomy.labels)[0]
-    return zi.min() - margin <= centroid_index[0] <= zi.max() + margin
+    img = anatomy.labels
+    ks = np.nonzero(np.any(np.stack([m.any(axis=(1, 2)) for m in lungs]), axis=0))[0]
+    zs = [img.TransformContinuousIndexToPhysicalPoint([0.0, 0.0, float(k)])[2] for k in (ks.min(), ks.max())]
+    return min(zs) - 10.0 <= centroid_mm[2] <= max(zs) + 10.0
 
 
 def measure_and_classify(
@@ -424,56 +493,64 @@ def measure_and_classify(
     lesion_settings: LesionSettings, positivity: PositivitySettings, blood_pool: ReferenceRegion,
     study_uid: str, enlarged_candidates: list[np.ndarray] | None = None,
 ) -> tuple[list[Lesion], np.ndarray, list[str]]:
-    """Measure each component, then decide primary / node / other and node positivity."""
+    """Measure each component on a crop, then decide primary / node / other and node positivity."""
     ct_img: sitk.Image = volumes.ct
     ct = sitk.GetArrayViewFromImage(ct_img)
     suv = sitk.GetArrayViewFromImage(volumes.suv)
+    anatomy_arr = anatomy.array()
     sp = _spacing_zyx(ct_img)
     vml = _voxel_ml(ct_img)
+    lungs = {"left": anatomy.mask(an.LUNG_LEFT), "right": anatomy.mask(an.LUNG_RIGHT)}
     lung = None
-    lungs = [anatomy.mask(name) for name in (an.LUNG_LEFT, an.LUNG_RIGHT)]
-    if any(m is not None for m in lungs):
-        lung = np.zeros(ct.shape, bool)
-        for m in lungs:
-            if m is not None:
-                lung |= m
+    for m in lungs.values():
+        if m is not None:
+            lung = m.copy() if lung is None else lung | m
+    base = lung_base_height(lung, ct_img)
+    stations = sitk.GetArrayViewFromImage(station_map.labels) if station_map is not None else None
+    value_to_station = {v: k for k, v in station_map.station_values.items()} if station_map is not None else {}
     pet_max = _pet_grid_max(volumes, lesion_labels, n)
+    margin = np.ceil(12.0 / sp).astype(int) + 1
+
+    regions: list[tuple[int, tuple[slice, ...], np.ndarray, bool]] = []
+    for lab, bb in enumerate(ndimage.find_objects(lesion_labels), start=1):
+        if bb is not None:
+            sl = _crop(bb, margin, ct.shape)
+            regions.append((lab, sl, lesion_labels[sl] == lab, False))
+    for k, extra in enumerate(enlarged_candidates or []):
+        bb = ndimage.find_objects(extra.astype(np.uint8))[0]
+        sl = _crop(bb, margin, ct.shape)
+        regions.append((n + 1 + k, sl, extra[sl].copy(), True))
+
     warnings: list[str] = []
     cands: list[_Candidate] = []
-    masks = [lesion_labels == lab for lab in range(1, n + 1)]
-    for extra in enlarged_candidates or []:
-        masks.append(extra)
-    for i, mask in enumerate(masks):
-        lab = i + 1
-        ct_only = i >= n
-        idx = np.argwhere(mask)
-        c_index = idx.mean(axis=0)
-        values = suv[mask]
-        shell = _shell(mask[_bbox(mask, np.ceil(7 / sp).astype(int) + 1, mask.shape)], sp, 2.0, 6.0)
-        lung_fraction = 0.0
-        if lung is not None:
-            lsl = _bbox(mask, np.ceil(7 / sp).astype(int) + 1, mask.shape)
-            lung_fraction = float(lung[lsl][shell].mean()) if shell.any() else 0.0
-        station = station_map.station_of_mask(_mask_image(mask, ct_img)) if station_map is not None else None
-        node_body = ct_node_mask(ct, mask, sp) if not ct_only else mask
-        side, lobe = _lung_side(anatomy, mask) if lung_fraction >= INTRAPULMONARY_SHELL_FRACTION else (None, None)
+    for lab, sl, local, ct_only in regions:
+        offset = np.array([s.start for s in sl])
+        c_index = np.argwhere(local).mean(axis=0) + offset
+        values = suv[sl][local]
+        shell = _shell(local, sp, 2.0, 6.0)
+        lung_fraction = float(lung[sl][shell].mean()) if lung is not None and shell.any() else 0.0
+        side, lobe = None, None
+        if lung_fraction >= PRIMARY_MIN_SHELL_FRACTION:
+            side, lobe = _lung_side(anatomy_arr[sl], anatomy.names,
+                                    {k: (m[sl] if m is not None else None) for k, m in lungs.items()}, local, sp)
+        node_body = local if ct_only else ct_node_mask(np.asarray(ct[sl]), local, sp)
         cands.append(_Candidate(
-            label=lab, mask=mask, centroid_mm=_physical(ct_img, c_index), centroid_index=c_index,
-            suvmax=float(max(pet_max.get(lab, 0.0), values.max())) if not ct_only else float(values.max()),
-            suvpeak=suv_peak(suv, mask, sp), suvmean=float(values.mean()), mtv_ml=float(mask.sum() * vml),
-            short_axis=short_axis_mm(node_body, sp), station=station, lung_fraction=lung_fraction,
-            side_by_position=side, lobe=lobe, ct_only=ct_only))
+            label=lab, sl=sl, local=local, centroid_mm=_physical(ct_img, c_index),
+            suvmax=float(values.max()) if ct_only else float(max(pet_max.get(lab, 0.0), values.max())),
+            suvpeak=suv_peak(np.asarray(suv[sl]), local, sp), suvmean=float(values.mean()),
+            mtv_ml=float(local.sum() * vml), short_axis=short_axis_mm(node_body, sp),
+            station=_station_of(local, None if stations is None else np.asarray(stations[sl]), value_to_station, sp),
+            lung_fraction=lung_fraction, side_by_position=side, lobe=lobe,
+            subdiaphragmatic=_is_subdiaphragmatic(c_index, _physical(ct_img, c_index), base),
+            ct_only=ct_only))
 
-    lung_lesions = [c for c in cands if not c.ct_only and c.lung_fraction >= INTRAPULMONARY_SHELL_FRACTION
-                    and (c.station is None or c.station not in NODAL_STATIONS)]
-    primary = _choose_primary(lung_lesions, lesion_settings.primary_choice)
+    primary, primary_how = _choose_primary(cands, lesion_settings.primary_choice)
     bp = blood_pool.suvmean
     lesions: list[Lesion] = []
     out_labels = np.zeros(ct.shape, dtype=np.uint16)
     node_no = 0
-    order = sorted(cands, key=lambda c: (c is not primary, c.centroid_mm[2] * -1))
-    for c in order:
-        kind, status, positive, rule, station, side = _classify(c, primary, anatomy, positivity, bp)
+    for c in sorted(cands, key=lambda c: (c is not primary, -c.centroid_mm[2])):
+        kind, status, positive, rule, station, side = _classify(c, primary, primary_how, anatomy, positivity, bp)
         if kind == "node":
             node_no += 1
             tracking = f"Node {node_no} ({station})"
@@ -482,33 +559,50 @@ def measure_and_classify(
         else:
             tracking = f"Lesion {len(lesions) + 1} ({kind.replace('_', ' ')})"
         value = len(lesions) + 1
-        out_labels[c.mask] = value
+        out_labels[c.sl][c.local] = value
         lesions.append(Lesion(
             index=value - 1, label_value=value, kind=kind, tracking_id=tracking,
             tracking_uid=generate_uid(entropy_srcs=[study_uid, tracking, str(c.centroid_mm)]),
             centroid_mm=c.centroid_mm, suvmax=c.suvmax, suvpeak=c.suvpeak, suvmean=c.suvmean,
-            mtv_ml=c.mtv_ml, tlg=c.tlg, short_axis_mm=c.short_axis, voxel_count=int(c.mask.sum()),
+            mtv_ml=c.mtv_ml, tlg=c.tlg, short_axis_mm=c.short_axis, voxel_count=int(c.local.sum()),
             station=station, side=side, lobe=c.lobe if kind == "primary" else None,
             status=status, positive=positive, rule=rule))
     if primary is None:
-        warnings.append("no intrapulmonary FDG-avid lesion: primary tumour not found")
+        warnings.append("no FDG-avid lesion in or against the lung: primary tumour not found")
     return lesions, out_labels, warnings
 
 
-def _choose_primary(lung_lesions: list[_Candidate], how: str) -> _Candidate | None:
-    if not lung_lesions:
-        return None
+def _choose_primary(cands: list[_Candidate], how: str) -> tuple[_Candidate | None, str]:
+    """The primary: an intrapulmonary lesion, else a large central mass against the lung.
+
+    Tier 1: lesions mostly surrounded by lung (peripheral tumours), outside the
+    nodal stations. Tier 2, only when tier 1 is empty: a mass of at least
+    CENTRAL_PRIMARY_MIN_ML that abuts the lung (central or hilar tumours, which the
+    station map alone would call a node).
+    """
     key = {"largest_tlg": lambda c: c.tlg, "highest_suvmax": lambda c: c.suvmax,
            "largest_volume": lambda c: c.mtv_ml}[how]
-    return max(lung_lesions, key=key)
+    avid = [c for c in cands if not c.ct_only and not c.subdiaphragmatic]
+    tier1 = [c for c in avid if c.lung_fraction >= INTRAPULMONARY_SHELL_FRACTION
+             and (c.station is None or c.station not in NODAL_STATIONS)]
+    if tier1:
+        return max(tier1, key=key), f"intrapulmonary, chosen by {how.replace('_', ' ')}"
+    tier2 = [c for c in avid if c.lung_fraction >= PRIMARY_MIN_SHELL_FRACTION and c.mtv_ml >= CENTRAL_PRIMARY_MIN_ML]
+    if tier2:
+        return max(tier2, key=key), (f"central mass against the lung (no intrapulmonary lesion; "
+                                     f">= {CENTRAL_PRIMARY_MIN_ML:g} ml), chosen by {how.replace('_', ' ')}")
+    return None, ""
 
 
-def _classify(c: _Candidate, primary: _Candidate | None, anatomy: Anatomy, positivity: PositivitySettings,
-              blood_pool: float | None):
+def _classify(c: _Candidate, primary: _Candidate | None, primary_how: str, anatomy: Anatomy,
+              positivity: PositivitySettings, blood_pool: float | None):
     numbers = f"SUVmax {c.suvmax:.2f}, short axis {c.short_axis:.1f} mm"
     if c is primary:
-        return ("primary", "not a node", True, f"primary tumour: {c.lung_fraction:.0%} of its surroundings is lung; "
-                f"chosen among intrapulmonary lesions by {numbers}", None, c.side_by_position)
+        return ("primary", "not a node", True, f"primary tumour ({primary_how}): {c.lung_fraction:.0%} of its "
+                f"surroundings is lung; {numbers}, MTV {c.mtv_ml:.1f} ml", None, c.side_by_position)
+    if c.subdiaphragmatic:
+        return ("distant", "not a node", False, f"below the diaphragm ({numbers}): distant or physiologic, "
+                "not staged here", None, None)
     if c.station in NODAL_STATIONS:
         side = "right" if c.station.endswith("R") else "left" if c.station.endswith("L") else None
         if c.station in ("5", "6"):
@@ -532,17 +626,11 @@ def _classify(c: _Candidate, primary: _Candidate | None, anatomy: Anatomy, posit
         return ("lung_other", "not a node", False, f"additional intrapulmonary lesion ({numbers}); "
                 "not staged as a node (a separate nodule or an intrapulmonary node cannot be told apart here)",
                 c.station, c.side_by_position)
-    if not _in_thorax(anatomy, c.centroid_index):
+    if not _in_thorax(anatomy, c.centroid_mm):
         return ("distant", "not a node", False, f"outside the thorax ({numbers}): distant, not staged here",
                 None, None)
     return ("other", "not a node", False, f"thoracic but outside the lungs and the station regions ({numbers}); "
             "not staged here", None, None)
-
-
-def _mask_image(mask: np.ndarray, ref: sitk.Image) -> sitk.Image:
-    img = sitk.GetImageFromArray(mask.astype(np.uint8))
-    img.CopyInformation(ref)
-    return img
 
 
 def _pet_grid_max(volumes, lesion_labels: np.ndarray, n: int) -> dict[int, float]:

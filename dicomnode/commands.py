@@ -1,0 +1,224 @@
+"""What `nodestage serve / status / echo / reprocess` do; `dicomnode.cli` parses arguments and prints.
+
+- `serve(config_path)`: run the node in the foreground until SIGTERM or SIGINT,
+  then shut down cleanly; returns the exit status.
+- `status(config_path) -> dict`: studies by state, the queue, the outbox, failed
+  sends and the last errors, read from the index (works while the node runs).
+- `echo(target, calling_aet) -> dict`: C-ECHO ``AE@HOST:PORT``; ``ok`` says if it worked.
+- `reprocess(config_path, study) -> dict`: queue a study again (a new version).
+
+These functions print nothing; errors are raised as `ConfigError` / `ValueError`
+with a one-line message.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dicomnode.config import ConfigError, NodeConfig, load_config
+from dicomnode.storage import connect, rows_to_dicts
+from dicomnode.studies import FINISHED, STATES
+
+logger = logging.getLogger(__name__)
+
+
+def configure_logging(level: str) -> None:
+    """Root logger at `level`, with one stderr handler (kept if the CLI set one up)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def serve(config_path: str | Path | None = None, stop_event: threading.Event | None = None) -> int:
+    """Run the node until SIGTERM/SIGINT (or `stop_event`); 0 after a clean shutdown."""
+    from dicomnode.node import Node
+
+    config = load_config(config_path)
+    configure_logging(config.logging.level)
+    stop = stop_event or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    from dicomnode.storage import NodeLockedError
+
+    node = Node(config)
+    try:
+        try:
+            node.start()
+        except NodeLockedError as err:
+            raise ConfigError(f"storage.database: {err}") from None
+        except OSError as err:
+            if err.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and not err.filename:
+                raise ConfigError(f"node.port: cannot listen on {config.node.host}:{config.node.port}: "
+                                  f"{err.strerror or err}") from None
+            raise ConfigError(f"cannot start the node: {err}") from None
+        logger.info("ready: %s listening on port %d", config.node.ae_title, node.port)
+        while not stop.wait(timeout=1.0):
+            pass
+        logger.info("shutting down")
+    finally:
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _config_for_status(config_path: str | Path | None) -> NodeConfig:
+    return load_config(config_path)
+
+
+def status(config_path: str | Path | None = None, now: float | None = None) -> dict[str, Any]:
+    """A snapshot of the node from its index; no network, safe while the node runs."""
+    config = _config_for_status(config_path)
+    db = config.storage.database
+    out: dict[str, Any] = {"node": {"ae_title": config.node.ae_title, "port": config.node.port, "mode": config.mode,
+                                    "database": str(db)}}
+    if not db.is_file():
+        out["error"] = f"no index at {db} (the node has not run with this config)"
+        return out
+    now = time.time() if now is None else now
+    conn = connect(db, readonly=True)
+    try:
+        q = lambda sql, args=(): conn.execute(sql, args).fetchall()  # noqa: E731
+        by_state = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
+        out["studies"] = {s: by_state.get(s, 0) for s in STATES}
+        active = q("SELECT s.id, s.study_uid, s.state, s.version, s.first_received, s.last_received, "
+                   "s.check_reason, (SELECT COUNT(*) FROM instances i WHERE i.study_id = s.id AND i.kept = 1) AS "
+                   "instances, (SELECT COUNT(*) FROM series x WHERE x.study_id = s.id AND x.kept = 1) AS series "
+                   f"FROM studies s WHERE s.state NOT IN {FINISHED} ORDER BY s.id")
+        out["active"] = [{
+            "study": r["id"], "study_uid": r["study_uid"], "state": r["state"], "version": r["version"],
+            "instances": r["instances"], "series": r["series"],
+            "age_s": round(now - r["first_received"], 1), "quiet_s": round(now - r["last_received"], 1),
+            **({"waiting_for": r["check_reason"]} if r["check_reason"] else {}),
+        } for r in active]
+        recent = q("SELECT s.id, s.study_uid, s.state, s.version, s.reason, s.updated, "
+                   "(SELECT summary FROM jobs j WHERE j.study_id = s.id AND j.version = s.version "
+                   "AND j.state = 'DONE' ORDER BY j.id DESC LIMIT 1) AS summary "
+                   f"FROM studies s WHERE s.state IN {FINISHED} ORDER BY s.updated DESC LIMIT 10")
+        out["recent"] = []
+        import json as _json
+        for r in recent:
+            item = {"study": r["id"], "study_uid": r["study_uid"], "state": r["state"], "version": r["version"],
+                    "finished_ago_s": round(now - r["updated"], 1)}
+            if r["reason"]:
+                item["reason"] = r["reason"]
+            if r["summary"]:
+                s = _json.loads(r["summary"])
+                item.update({k: s.get(k) for k in ("n_tnm8", "n_tnm9", "involved_stations", "seconds")})
+            out["recent"].append(item)
+        queued = q("SELECT COUNT(*) AS n FROM jobs WHERE state = 'QUEUED'")[0]["n"]
+        running = q("SELECT id, study_id, version, started, attempts FROM jobs WHERE state = 'RUNNING'")
+        out["queue"] = {"queued": queued, "running": [
+            {"job": r["id"], "study": r["study_id"], "version": r["version"], "attempt": r["attempts"],
+             "running_s": round(now - (r["started"] or now), 1)} for r in running]}
+        sends = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM sends GROUP BY state")}
+        out["sends"] = {s: sends.get(s, 0) for s in ("PENDING", "SENDING", "DONE", "FAILED_SEND")}
+        out["pending_sends"] = [
+            {"send": r["id"], "study": r["study_id"], "version": r["version"], "destination": r["destination"],
+             "attempts": r["attempts"], "next_attempt_in_s": round(max(0.0, r["next_attempt"] - now), 1),
+             "last_error": r["last_error"]}
+            for r in q("SELECT * FROM sends WHERE state IN ('PENDING', 'SENDING') ORDER BY id")]
+        out["failed_sends"] = [
+            {"send": r["id"], "study": r["study_id"], "version": r["version"], "destination": r["destination"],
+             "role": r["role"], "attempts": r["attempts"], "last_error": r["last_error"],
+             "failed_ago_s": round(now - r["updated"], 1)}
+            for r in q("SELECT * FROM sends WHERE state = 'FAILED_SEND' ORDER BY id DESC LIMIT 50")]
+        out["last_errors"] = [
+            {"ago_s": round(now - r["time"], 1), "study": r["study_id"], "kind": r["kind"], "message": r["message"]}
+            for r in q("SELECT * FROM errors ORDER BY id DESC LIMIT 10")]
+        out["counters"] = {r["name"]: r["value"] for r in q("SELECT name, value FROM counters ORDER BY name")}
+    finally:
+        conn.close()
+    return out
+
+
+def echo(target: str, calling_aet: str | None = None, config_path: str | Path | None = None) -> dict[str, Any]:
+    """C-ECHO ``AE@HOST:PORT``. The calling AE is `calling_aet`, else the config's, else NODESTAGE."""
+    from dicomnode.scu import echo as c_echo, parse_target
+
+    ae, host, port = parse_target(target)
+    settings = None
+    if calling_aet is None and config_path is not None:
+        config = load_config(config_path)
+        calling_aet, settings = config.calling_ae_title, config.send
+    result = c_echo(ae, host, port, calling_aet or "NODESTAGE", settings)
+    return {"target": f"{ae}@{host}:{port}", **result.to_dict()}
+
+
+def reprocess(config_path: str | Path | None, study: str) -> dict[str, Any]:
+    """Queue a study again by its index number or StudyInstanceUID; a running node picks it up."""
+    from dicomnode.storage import Storage
+    from dicomnode.studies import StudyTracker
+
+    config = load_config(config_path)
+    storage = Storage(config.storage.database, config.storage.spool_dir, fsync=config.storage.fsync, lock=False)
+    try:
+        tracker = StudyTracker(storage, config.studies)
+        row = tracker.study(int(study)) if study.isdigit() else tracker.study_by_uid(study)
+        if row is None:
+            raise ValueError(f"no study {study!r} in {config.storage.database}")
+        queued = tracker.reprocess(row["id"])
+        row = tracker.study(row["id"])
+        return {"study": row["id"], "queued": queued, "state": row["state"], "version": row["version"]}
+    finally:
+        storage.close()
+
+
+def demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", out_dir: str | Path | None = None,
+         progress=None) -> dict[str, Any]:
+    """The main job: Orthanc routes a study (a phantom by default) to the node and gets the results back.
+
+    `progress(line)` is called with one human line per step (the CLI prints them)."""
+    from dicomnode.demo import run_demo
+
+    return run_demo(study_dir, case, out_dir, progress or (lambda line: None))
+
+
+def studies(config_path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every study in the index with its state (for scripts and tests)."""
+    config = load_config(config_path)
+    conn = connect(config.storage.database, readonly=True)
+    try:
+        return rows_to_dicts(conn.execute("SELECT * FROM studies ORDER BY id").fetchall())
+    finally:
+        conn.close()
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """Internal entry for tests and until cli.py wires these: serve CONFIG | status CONFIG | echo TARGET."""
+    import json
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if len(args) == 2 and args[0] == "serve":
+            return serve(args[1])
+        if len(args) == 2 and args[0] == "status":
+            sys.stdout.write(json.dumps(status(args[1]), indent=2) + "\n")
+            return 0
+        if len(args) == 2 and args[0] == "echo":
+            result = echo(args[1])
+            sys.stdout.write(json.dumps(result) + "\n")
+            return 0 if result["ok"] else 1
+    except (ConfigError, ValueError) as err:
+        sys.stderr.write(f"nodestage: {err}\n")
+        return 2
+    sys.stderr.write("usage: python -m dicomnode.commands serve CONFIG | status CONFIG | echo AE@HOST:PORT\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

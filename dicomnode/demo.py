@@ -1,0 +1,284 @@
+"""The demo: a PACS routes a PET/CT study to the node, and the results come back to the PACS.
+
+`run_demo()` generates a phantom study (or takes any study folder), starts an
+Orthanc PACS on loopback when Orthanc is installed (otherwise a pynetdicom
+storage SCP stands in for it and the study is sent to the node directly), starts
+the node, uploads the study to Orthanc and has Orthanc route it to the node with
+``POST /modalities/nodestage/store``, waits until the SEG, SR and SC are back in
+the PACS, and stops everything. `progress` receives one human line per step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import pydicom
+
+from dicomnode.config import NodeConfig
+
+SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+OUTPUT_CLASSES = {SEG: "SEG", SR: "SR", SC: "SC"}
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """Orthanc in the foreground on loopback ports, with its storage under `workdir`."""
+
+    def __init__(self, workdir: Path, node_port: int):
+        self.workdir = workdir
+        self.dicom_port, self.http_port = _free_port(), _free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "nodestage-demo-pacs", "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "index"), "Plugins": [], "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+            "DicomModalities": {"nodestage": ["NODESTAGE", "127.0.0.1", node_port]},
+            "HttpsCACertificates": "", "ConcurrentJobs": 1,
+        }
+        (workdir / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(workdir / "orthanc.log", "ab")
+        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        self.proc = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=workdir)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise DemoError(f"Orthanc exited at start-up; see {workdir / 'orthanc.log'}")
+            try:
+                self.get("/system")
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise DemoError("Orthanc did not answer within 30 s") from None
+                time.sleep(0.2)
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: bytes | dict, timeout: float = 600) -> Any:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        with urllib.request.urlopen(urllib.request.Request(self.url + path, data=data, method="POST"),
+                                    timeout=timeout) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+class StoragePeer:
+    """A pynetdicom storage SCP standing in for the PACS when Orthanc is not installed."""
+
+    def __init__(self, folder: Path):
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.received: list[tuple[str, str]] = []  # (study UID, SOP class)
+        self.port = _free_port()
+        ae = AE(ae_title="DEMOPACS")
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax)
+
+        def on_store(event):
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+            self.received.append((str(ds.StudyInstanceUID), str(ds.SOPClassUID)))
+            return 0x0000
+
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _node_config(root: Path, node_port: int, dest_ae: str, dest_port: int) -> NodeConfig:
+    return NodeConfig.model_validate({
+        "node": {"port": node_port, "ae_title": "NODESTAGE"},
+        "security": {"allowed_calling_aets": ["ORTHANC", "DEMO"]},
+        "storage": {"spool_dir": root / "spool", "archive_dir": root / "archive", "work_dir": root / "work",
+                    "database": root / "nodestage.sqlite", "ledger": root / "ledger.csv", "min_free_mb": 50},
+        "studies": {"stability_seconds": 5, "guard_seconds": 1, "scan_interval_seconds": 0.5},
+        "worker": {"concurrency": 1, "timeout_seconds": 3600},
+        "mode": "clinical",
+        "destinations": [{"name": "pacs", "ae_title": dest_ae, "host": "127.0.0.1", "port": dest_port}],
+        "retry": {"initial_delay_seconds": 2, "max_attempts": 5, "scan_interval_seconds": 0.5},
+        "send": {"echo_at_startup": True},
+        "logging": {"level": "WARNING"},
+    })
+
+
+def _send_to_node(files: list[Path], port: int) -> int:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="DEMO")
+    classes = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        classes.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))
+    for sop_class, ts in list(classes.items())[:120]:
+        ae.add_requested_context(sop_class, sorted(ts | {"1.2.840.10008.1.2.1"}))
+    assoc = ae.associate("127.0.0.1", port, ae_title="NODESTAGE")
+    if not assoc.is_established:
+        raise DemoError("the node refused the demo sender's association")
+    sent = 0
+    try:
+        for f in files:
+            status = assoc.send_c_store(pydicom.dcmread(f))
+            sent += bool(status and status.Status == 0)
+    finally:
+        assoc.release()
+    return sent
+
+
+def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", out_dir: str | Path | None = None,
+             progress: Callable[[str], None] = lambda line: None, timeout_s: float = 3600,
+             use_orthanc: bool | None = None) -> dict[str, Any]:
+    """Run the whole flow once and return what happened (N stage, stations, where the outputs are)."""
+    from dicomnode.node import Node
+
+    out = Path(out_dir or tempfile.mkdtemp(prefix="nodestage-demo-")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    truth = None
+    if study_dir is None:
+        from pipeline import phantom
+
+        progress(f"generating phantom study '{case}' ...")
+        study = phantom.generate(out / "study", case, "small", 0)
+        truth = study.truth
+        study_dir = study.out_dir / "dicom"
+    study_dir = Path(study_dir)
+    files = sorted(p for p in study_dir.rglob("*") if p.is_file())
+    if not files:
+        raise DemoError(f"no files under {study_dir}")
+    node_port = _free_port()
+    if use_orthanc is None:
+        use_orthanc = bool(shutil.which("Orthanc") or Path("/usr/sbin/Orthanc").exists())
+    pacs: Orthanc | StoragePeer
+    if use_orthanc:
+        progress("starting Orthanc (the PACS) on loopback ...")
+        pacs = Orthanc(out / "orthanc", node_port)
+        dest_ae, dest_port = "ORTHANC", pacs.dicom_port
+        progress(f"  Orthanc: {pacs.url} (DICOM port {pacs.dicom_port})")
+    else:
+        progress("Orthanc is not installed: a pynetdicom storage SCP stands in for the PACS")
+        pacs = StoragePeer(out / "pacs")
+        dest_ae, dest_port = "DEMOPACS", pacs.port
+    node = None
+    try:
+        progress(f"starting the node (NODESTAGE on port {node_port}) ...")
+        node = Node(_node_config(out / "node", node_port, dest_ae, dest_port)).start()
+        if isinstance(pacs, Orthanc):
+            progress(f"uploading {len(files)} files to Orthanc ...")
+            uploaded = 0
+            for f in files:
+                try:
+                    pacs.post("/instances", f.read_bytes())
+                    uploaded += 1
+                except urllib.error.HTTPError:
+                    pass  # not DICOM
+            studies = pacs.get("/studies")
+            if len(studies) != 1:
+                raise DemoError(f"expected one study in Orthanc after the upload, found {len(studies)}")
+            study_uid = pacs.get(f"/studies/{studies[0]}")["MainDicomTags"]["StudyInstanceUID"]
+            progress(f"Orthanc routes the study ({uploaded} instances) to the node: "
+                     "POST /modalities/nodestage/store ...")
+            pacs.post("/modalities/nodestage/store", {"Resources": studies, "Synchronous": True})
+        else:
+            study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            progress(f"sending {len(files)} files to the node ...")
+            _send_to_node(files, node_port)
+        started = time.monotonic()
+        last = None
+        row = None
+        while time.monotonic() - started < timeout_s:
+            row = node.tracker.study_by_uid(study_uid)
+            state = row["state"] if row else "waiting"
+            if state != last:
+                progress(f"  study: {state}" + (" (pipeline running)" if state == "RUNNING" else ""))
+                last = state
+            if state in ("DONE", "FAILED", "INCOMPLETE"):
+                break
+            time.sleep(0.5)
+        if row is None or row["state"] not in ("DONE", "FAILED", "INCOMPLETE"):
+            raise DemoError(f"the study did not finish within {timeout_s:.0f} s")
+        result: dict[str, Any] = {"state": row["state"], "study_instance_uid": study_uid, "output_dir": None,
+                                  "reason": row["reason"], "pacs": pacs.url if isinstance(pacs, Orthanc) else
+                                  str(pacs.folder), "truth": truth["expected"] if truth else None}
+        if row["state"] != "DONE":
+            progress(f"the study ended {row['state']}: {row['reason']}")
+            return result
+        job = node.storage.query_one("SELECT * FROM jobs WHERE study_id = ? AND state = 'DONE' ORDER BY id DESC",
+                                     (row["id"],))
+        out_dir_v = Path(job["out_dir"])
+        staged = json.loads((out_dir_v / "result.json").read_text())
+        result.update({"output_dir": str(out_dir_v), "n_tnm8": staged.get("n_tnm8"), "n_tnm9": staged.get("n_tnm9"),
+                       "involved_stations": staged.get("involved_stations")})
+        progress("waiting for SEG, SR and SC in the PACS ...")
+        arrived: set[str] = set()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and arrived != set(OUTPUT_CLASSES.values()):
+            arrived = _arrived(pacs, study_uid)
+            time.sleep(0.5)
+        result["returned"] = sorted(arrived)
+        stations = ", ".join(result["involved_stations"] or []) or "none"
+        progress(f"N stage: {result['n_tnm8']} (TNM 8) / {result['n_tnm9']} (TNM 9); involved stations: {stations}")
+        if truth:
+            progress(f"  expected: {truth['expected']['n_tnm8']} / {truth['expected']['n_tnm9']}, stations: "
+                     f"{', '.join(truth['expected']['positive_stations']) or 'none'}")
+        progress(f"returned to the PACS: {', '.join(result['returned']) or 'nothing'}")
+        progress(f"outputs: {out_dir_v}")
+        return result
+    finally:
+        if node is not None:
+            node.stop()
+        pacs.stop()
+        progress("stopped the node and the PACS")
+
+
+def _arrived(pacs: Orthanc | StoragePeer, study_uid: str) -> set[str]:
+    if isinstance(pacs, StoragePeer):
+        return {OUTPUT_CLASSES[c] for s, c in pacs.received if s == study_uid and c in OUTPUT_CLASSES}
+    found = set()
+    for orthanc_id in pacs.get("/studies"):
+        study = pacs.get(f"/studies/{orthanc_id}")
+        if study["MainDicomTags"].get("StudyInstanceUID") != study_uid:
+            continue
+        for series in pacs.get(f"/studies/{orthanc_id}/series"):
+            if series["MainDicomTags"].get("Modality") in ("CT", "PT") or not series["Instances"]:
+                continue
+            tags = pacs.get(f"/instances/{series['Instances'][0]}/simplified-tags")
+            if tags.get("SOPClassUID") in OUTPUT_CLASSES:
+                found.add(OUTPUT_CLASSES[tags["SOPClassUID"]])
+    return found

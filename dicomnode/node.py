@@ -1,0 +1,169 @@
+"""The node service: storage, the listening AE, the scheduler, the worker and the outbox, started in order.
+
+`Node(config).start()` returns once the node listens; `stop()` shuts it down
+cleanly: stop accepting associations (those in progress finish), stop the
+scheduler, stop the worker (a running job goes back to the queue), close the index.
+`dicomnode.commands.serve` runs it in the foreground until SIGTERM.
+
+Start-up also recovers from a crash: jobs left RUNNING are re-queued, sends
+left SENDING are due again, partial temp files are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pydicom.config
+
+from dicomnode.config import NodeConfig
+from dicomnode.scheduler import NodeScheduler
+from dicomnode.scp import StoreSCP
+from dicomnode.scu import Outbox
+from dicomnode.storage import Storage
+from dicomnode.studies import STATES, StudyTracker
+from dicomnode.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.storage: Storage | None = None
+        self.scp: StoreSCP | None = None
+        self.scheduler: NodeScheduler | None = None
+        self.worker: Worker | None = None
+        self.metrics: ThreadingHTTPServer | None = None
+        self.started = False
+
+    @property
+    def port(self) -> int:
+        assert self.scp is not None
+        return self.scp.port
+
+    def start(self) -> Node:
+        cfg = self.config
+        # pydicom's reading validation would log offending values (possibly PHI) at WARNING
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        for folder in (cfg.storage.spool_dir, cfg.storage.archive_dir, cfg.storage.work_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.storage = Storage(cfg.storage.database, cfg.storage.spool_dir, fsync=cfg.storage.fsync)
+        try:
+            self.outbox = Outbox(cfg, self.storage)
+            self.tracker = StudyTracker(self.storage, cfg.studies)
+            requeued = self.tracker.requeue_interrupted(cfg.worker.max_restarts)
+            resent = self.outbox.requeue_interrupted()
+            if requeued or resent:
+                logger.info("recovered after a restart: %d jobs re-queued, %d sends due again", requeued, resent)
+            self.scheduler = NodeScheduler(cfg, self.storage, self.tracker, self.outbox)
+            self.worker = Worker(cfg, self.storage, self.tracker, self.outbox,
+                                 on_outputs_queued=self.scheduler.wake_outbox)
+            self.tracker.on_ready = self.worker.wake
+            self.scp = StoreSCP(cfg, self.storage, self.tracker)
+            self.scp.start()
+            self.worker.start()
+            self.scheduler.start()
+            if cfg.send.echo_at_startup and cfg.all_destinations():
+                threading.Thread(target=self._echo, name="nodestage-echo", daemon=True).start()
+            if cfg.metrics.port is not None:
+                self.metrics = start_metrics(self)
+            logger.info("node %s started: mode %s, %d destination(s), %d worker(s)", cfg.node.ae_title, cfg.mode,
+                        len(cfg.all_destinations()), cfg.worker.concurrency)
+        except BaseException:
+            self.stop()
+            raise
+        self.started = True
+        return self
+
+    def _echo(self) -> None:
+        try:
+            self.outbox.echo_all()
+        except Exception:
+            logger.exception("start-up C-ECHO failed")
+
+    def stop(self) -> None:
+        if self.scp is not None:
+            self.scp.stop()
+            self.scp = None
+        if self.metrics is not None:
+            self.metrics.shutdown()
+            self.metrics.server_close()
+            self.metrics = None
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
+        if self.started:
+            logger.info("node stopped")
+        self.started = False
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- metrics (optional)
+
+
+def metrics_text(storage: Storage) -> str:
+    """Prometheus text format: counters, studies by state, queue and outbox sizes."""
+    lines = []
+    counters = {r["name"]: r["value"] for r in storage.query("SELECT name, value FROM counters")}
+    for name, help_ in [
+        ("instances_received", "CT/PET instances stored"),
+        ("instances_ignored", "instances of other SOP classes accepted and ignored"),
+        ("instances_duplicate", "instances received again (counted once)"),
+        ("instances_undecodable", "instances refused with 0xC210"),
+        ("instances_refused_disk", "instances refused with 0xA700"),
+        ("associations_rejected", "associations rejected"),
+        ("jobs_done", "pipeline jobs done"),
+        ("jobs_failed", "pipeline jobs failed"),
+        ("sends_delivered", "sends delivered"),
+        ("send_failures", "failed send attempts"),
+    ]:
+        lines += [f"# HELP nodestage_{name}_total {help_}", f"# TYPE nodestage_{name}_total counter",
+                  f"nodestage_{name}_total {counters.get(name, 0):g}"]
+    lines += ["# HELP nodestage_job_seconds_total time spent in pipeline jobs",
+              "# TYPE nodestage_job_seconds_total counter",
+              f"nodestage_job_seconds_total {counters.get('job_seconds_total', 0):g}"]
+    by_state = {r["state"]: r["n"] for r in storage.query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
+    lines += ["# HELP nodestage_studies studies by state", "# TYPE nodestage_studies gauge"]
+    lines += [f'nodestage_studies{{state="{s}"}} {by_state.get(s, 0)}' for s in STATES]
+    sends = {r["state"]: r["n"] for r in storage.query("SELECT state, COUNT(*) AS n FROM sends GROUP BY state")}
+    lines += ["# HELP nodestage_sends sends by state", "# TYPE nodestage_sends gauge"]
+    lines += [f'nodestage_sends{{state="{s}"}} {sends.get(s, 0)}' for s in ("PENDING", "SENDING", "DONE",
+                                                                             "FAILED_SEND")]
+    return "\n".join(lines) + "\n"
+
+
+def start_metrics(node: Node) -> ThreadingHTTPServer:
+    storage = node.storage
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.split("?")[0] != "/metrics" or storage is None:
+                self.send_error(404)
+                return
+            body = metrics_text(storage).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer((node.config.metrics.host, node.config.metrics.port), Handler)
+    threading.Thread(target=server.serve_forever, name="nodestage-metrics", daemon=True).start()
+    logger.info("metrics on http://%s:%d/metrics", node.config.metrics.host, server.server_address[1])
+    return server

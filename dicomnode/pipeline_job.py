@@ -1,0 +1,78 @@
+"""One pipeline job, run by the worker in a subprocess (the executor seam of DESIGN.md §2).
+
+    python -m dicomnode.pipeline_job STUDY_DIR OUT_DIR SETTINGS
+
+SETTINGS is a JSON file of `PipelineSettings` (what the worker writes), or a
+config.yaml whose ``pipeline:`` section is used. The job reads only STUDY_DIR and
+writes only under OUT_DIR (``result.json``, ``dicom/...``).
+
+Exit status: 0 when OUT_DIR/result.json is written; 2 when the study cannot be
+processed (a `PipelineError`); 3 when the pipeline cannot be imported; anything
+else is a crash. For 2 and 3 the last line on stderr is ``nodestage-reason: <one
+line>``; the worker records that line as the study's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+REASON_PREFIX = "nodestage-reason: "
+EXIT_UNPROCESSABLE = 2
+EXIT_UNAVAILABLE = 3
+LOG_LEVEL_ENV = "NODESTAGE_JOB_LOG_LEVEL"
+
+
+def _reason(message: str) -> None:
+    sys.stderr.write(REASON_PREFIX + " ".join(str(message).split()) + "\n")
+    sys.stderr.flush()
+
+
+def load_settings(path: Path):
+    from pipeline.settings import PipelineSettings, load_pipeline_settings
+
+    if path.suffix.lower() == ".json":
+        return PipelineSettings.model_validate_json(path.read_text())
+    return load_pipeline_settings(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        _reason("usage: python -m dicomnode.pipeline_job STUDY_DIR OUT_DIR SETTINGS")
+        return EXIT_UNPROCESSABLE
+    study_dir, out_dir, settings_path = (Path(a) for a in args)
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from pipeline.errors import PipelineError
+    except ImportError as err:
+        _reason(f"the pipeline package cannot be imported: {err}")
+        return EXIT_UNAVAILABLE
+    try:
+        settings = load_settings(settings_path)
+    except Exception as err:
+        _reason(f"bad pipeline settings in {settings_path.name}: {err}")
+        return EXIT_UNPROCESSABLE
+    try:
+        from pipeline.run import run_study
+    except ImportError as err:
+        _reason(f"pipeline.run.run_study is not available: {err}")
+        return EXIT_UNAVAILABLE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_study(study_dir, settings, out_dir)
+    except PipelineError as err:
+        _reason(str(err) or type(err).__name__)
+        return EXIT_UNPROCESSABLE
+    result_json = out_dir / "result.json"
+    if not result_json.is_file():  # the contract says run_study writes it; be safe
+        result_json.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The node's periodic jobs (APScheduler): the stability scan, the outbox, and clean-up.
+
+Each job runs at most one instance at a time and coalesces missed runs; an
+exception is logged and the job runs again at its next interval. `wake_outbox()`
+runs the outbox now (after a job has queued outputs) instead of at the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicomnode.config import NodeConfig
+from dicomnode.scu import Outbox
+from dicomnode.storage import Storage
+from dicomnode.studies import StudyTracker
+
+logger = logging.getLogger(__name__)
+
+SCAN, OUTBOX, CLEANUP = "stability-scan", "outbox", "cleanup"
+
+
+def _guarded(name: str, func: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            func()
+        except Exception:
+            logger.exception("scheduled job %s failed; it runs again at its next interval", name)
+    run.__name__ = f"nodestage_{name.replace('-', '_')}"
+    return run
+
+
+class NodeScheduler:
+    def __init__(self, config: NodeConfig, storage: Storage, tracker: StudyTracker, outbox: Outbox):
+        self.config = config
+        self.storage = storage
+        self.tracker = tracker
+        self.outbox = outbox
+        self.scheduler = BackgroundScheduler(timezone=timezone.utc,
+                                             job_defaults={"coalesce": True, "max_instances": 1,
+                                                           "misfire_grace_time": None})
+
+    def cleanup(self) -> None:
+        r = self.config.storage.retention
+        done = self.storage.apply_retention(self.config.storage.archive_dir, r.spool_days, r.archive_days)
+        if any(done.values()):
+            logger.info("retention: %d spool folders and %d output folders removed", done["spool"], done["archive"])
+
+    def start(self) -> None:
+        now = datetime.now(timezone.utc)
+        s = self.scheduler
+        s.add_job(_guarded(SCAN, self.tracker.scan), "interval", id=SCAN,
+                  seconds=self.config.studies.scan_interval_seconds, next_run_time=now)
+        s.add_job(_guarded(OUTBOX, self.outbox.process_due), "interval", id=OUTBOX,
+                  seconds=self.config.retry.scan_interval_seconds, next_run_time=now)
+        s.add_job(_guarded(CLEANUP, self.cleanup), "interval", id=CLEANUP,
+                  seconds=self.config.storage.retention.cleanup_interval_s, next_run_time=now)
+        s.start()
+
+    def wake_outbox(self) -> None:
+        self._wake(OUTBOX)
+
+    def wake_scan(self) -> None:
+        self._wake(SCAN)
+
+    def _wake(self, job_id: str) -> None:
+        try:
+            self.scheduler.modify_job(job_id, next_run_time=datetime.now(timezone.utc))
+        except Exception:  # not running (stopping): the next start does it
+            logger.debug("cannot wake %s", job_id)
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)

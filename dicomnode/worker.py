@@ -1,0 +1,265 @@
+"""The worker: runs queued pipeline jobs, one at a time by default, each in a subprocess with a timeout.
+
+For a job the worker
+1. snapshots the study's CT/PET instances into ``<work>/job-<id>/study/`` (hard
+   links: instances that arrive meanwhile do not change what this version sees);
+2. runs ``python -m dicomnode.pipeline_job STUDY OUT SETTINGS`` in its own
+   process group, with OUT = ``<archive>/<study>/v<version>/`` and its log in
+   OUT/pipeline.log;
+3. on success reads OUT/result.json, queues the DICOM outputs in the outbox (and
+   writes the ledger row in silent mode), and marks the study DONE;
+4. on a refusal, crash or timeout marks it FAILED with a one-line reason; other
+   studies go on.
+
+A job stopped by a node shutdown goes back to the queue; jobs found RUNNING at
+start-up (a crash) are re-queued by `StudyTracker.requeue_interrupted`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from dicomnode import pipeline_job
+from dicomnode.config import NodeConfig
+from dicomnode.scu import Outbox, append_ledger, ledger_row
+from dicomnode.storage import Storage, safe_name
+from dicomnode.studies import DONE, FAILED, Job, StudyTracker
+
+logger = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = (".dcm",)
+
+
+def output_files(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The DICOM outputs to send: result['outputs'] entries ending in .dcm, else OUT/dicom/*.dcm."""
+    files: list[Path] = []
+    for value in (result.get("outputs") or {}).values():
+        p = Path(str(value))
+        p = p if p.is_absolute() else out_dir / p
+        if p.suffix.lower() in DICOM_SUFFIXES and p not in files:
+            files.append(p)
+    if not files:
+        files = sorted((out_dir / "dicom").glob("*.dcm"))
+    return files
+
+
+def _tail_reason(log_path: Path, returncode: int) -> str:
+    """The one-line reason of a failed job, from the end of its log."""
+    try:
+        lines = [l.strip() for l in log_path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if line.startswith(pipeline_job.REASON_PREFIX):
+            return line[len(pipeline_job.REASON_PREFIX):]
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"pipeline crashed (killed by {name})"
+    last = lines[-1] if lines else "no output"
+    return f"pipeline crashed (exit {returncode}): {last[:300]}"
+
+
+class Worker:
+    """Threads that take jobs from the queue and run them."""
+
+    def __init__(self, config: NodeConfig, storage: Storage, tracker: StudyTracker, outbox: Outbox,
+                 clock: Callable[[], float] = time.time, on_outputs_queued: Callable[[], None] | None = None):
+        self.on_outputs_queued = on_outputs_queued
+        self.config = config
+        self.storage = storage
+        self.tracker = tracker
+        self.outbox = outbox
+        self.clock = clock
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for i in range(self.config.worker.concurrency):
+            t = threading.Thread(target=self._loop, name=f"nodestage-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop taking jobs; kill running pipeline processes (their jobs go back to the queue)."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            _kill_group(proc)
+        for t in self._threads:
+            t.join(timeout=timeout)
+        self._threads = []
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self.tracker.claim_next_job()
+            except Exception:
+                logger.exception("cannot read the job queue")
+                job = None
+            if job is None:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            try:
+                self.run(job)
+            except Exception as err:  # a bug here must not stop the worker
+                logger.exception("study #%d v%d: worker error", job.study_id, job.version)
+                self.tracker.finish_job(job, FAILED, f"worker error: {type(err).__name__}: {err}", None)
+
+    # ---------------------------------------------------------------- one job
+
+    def out_dir(self, job: Job) -> Path:
+        return self.config.storage.archive_dir / safe_name(job.study_uid) / f"v{job.version}"
+
+    def _snapshot(self, job: Job, dest: Path) -> int:
+        n = 0
+        for series_uid, sop_uid, src in self.tracker.kept_files(job.study_id):
+            target = dest / safe_name(series_uid) / (safe_name(sop_uid) + ".dcm")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, target)
+            except FileNotFoundError:
+                logger.warning("study #%d: an indexed instance is missing from the spool", job.study_id)
+                continue
+            except OSError:
+                shutil.copy2(src, target)  # another filesystem
+            n += 1
+        return n
+
+    def run(self, job: Job) -> str:
+        """Run one claimed job to its end; returns the job's final state (or QUEUED when stopped)."""
+        start = time.monotonic()
+        work = self.config.storage.work_dir / f"job-{job.id}"
+        out_dir = self.out_dir(job)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)  # partial outputs of an interrupted run
+        study_dir = work / "study"
+        study_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True)
+        n = self._snapshot(job, study_dir)
+        settings_path = work / "pipeline-settings.json"
+        settings_path.write_text(self.config.pipeline.model_dump_json())
+        log_path = out_dir / "pipeline.log"
+        python = str(self.config.worker.python or sys.executable)
+        cmd = [python, "-m", "dicomnode.pipeline_job", str(study_dir), str(out_dir), str(settings_path)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   **{pipeline_job.LOG_LEVEL_ENV: "DEBUG" if self.config.logging.level == "DEBUG" else "INFO"})
+        root = Path(__file__).resolve().parents[1]
+        env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        logger.info("study #%d v%d: RUNNING (job %d, attempt %d, %d instances)", job.study_id, job.version, job.id,
+                    job.attempts, n)
+        timeout = self.config.worker.timeout_seconds
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True, cwd=work, preexec_fn=_die_with_parent)
+            with self._lock:
+                self._procs[job.id] = proc
+            self.tracker.set_job_pid(job, proc.pid)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+                proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.pop(job.id, None)
+        elapsed = time.monotonic() - start
+        self.storage.bump("job_seconds_total", elapsed)
+        if self._stopping.is_set() and not timed_out and proc.returncode != 0:
+            self.tracker.requeue(job, "node stopped while the job ran")
+            logger.info("study #%d v%d: job stopped by shutdown; re-queued", job.study_id, job.version)
+            shutil.rmtree(work, ignore_errors=True)
+            return "QUEUED"
+        try:
+            if timed_out:
+                return self._fail(job, f"timeout: the pipeline ran longer than {timeout:g} s", out_dir)
+            if proc.returncode != 0:
+                return self._fail(job, _tail_reason(log_path, proc.returncode), out_dir)
+            return self._succeed(job, out_dir, elapsed)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _fail(self, job: Job, reason: str, out_dir: Path) -> str:
+        self.tracker.finish_job(job, FAILED, reason, out_dir)
+        self.storage.bump("jobs_failed")
+        logger.warning("study #%d v%d: FAILED: %s", job.study_id, job.version, reason)
+        return FAILED
+
+    def _succeed(self, job: Job, out_dir: Path, elapsed: float) -> str:
+        result_path = out_dir / "result.json"
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, ValueError) as err:
+            return self._fail(job, f"the pipeline wrote no readable result.json ({type(err).__name__})", out_dir)
+        files = output_files(result, out_dir)
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            return self._fail(job, f"outputs listed in result.json are missing: {', '.join(missing)}", out_dir)
+        summary = {
+            "n_tnm8": result.get("n_tnm8"), "n_tnm9": result.get("n_tnm9"),
+            "involved_stations": result.get("involved_stations"), "seconds": round(elapsed, 2),
+            "outputs": [str(f) for f in files],
+        }
+        study = self.tracker.study(job.study_id)
+        superseded = study is not None and study["version"] != job.version
+        if superseded:
+            note = f"superseded by version {study['version']} while running; outputs kept, not sent"
+            summary["note"] = note
+            logger.info("study #%d v%d: %s", job.study_id, job.version, note)
+        else:
+            silent = self.config.mode == "silent"
+            if silent or self.config.ledger_in_clinical_mode:
+                append_ledger(self.config.storage.ledger, ledger_row(result, job.version, result_path))
+            if files and self.outbox.targets():
+                self.outbox.enqueue(job.id, job.study_id, job.version, files)
+        self.tracker.finish_job(job, DONE, None, out_dir, json.dumps(summary))
+        self.storage.bump("jobs_done")
+        logger.info("study #%d v%d: DONE in %.1f s: N %s (TNM8) / %s (TNM9), %d outputs", job.study_id,
+                    job.version, elapsed, result.get("n_tnm8"), result.get("n_tnm9"), len(files))
+        logger.debug("study #%d is StudyInstanceUID=%s; outputs in %s", job.study_id, job.study_uid, out_dir)
+        if not superseded and files and self.outbox.targets():
+            if self.on_outputs_queued is not None:
+                self.on_outputs_queued()  # the scheduler sends them now
+            else:
+                self.outbox.process_due()
+        return DONE
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the node dies (Linux), so a crashed node leaves no pipeline behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,149 @@
+"""Study completeness and versions: quiet period, required series, early end, maximum wait, late instances.
+
+Stability scans are run by hand with an explicit `now` (the node's own scan runs
+every 1000 s in these configs), so the timing rules are tested exactly.
+"""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from dicomnode.studies import INCOMPLETE, READY, RECEIVING, StudyTracker
+from tests.test_node_fixtures import (make_config, running_node, small_study, storescu,  # noqa: F401
+                                      study_row)
+
+pytestmark = pytest.mark.network
+
+STABILITY, GUARD, MAX_WAIT = 30.0, 2.0, 300.0
+TIMINGS = {"studies": {"stability_seconds": STABILITY, "guard_seconds": GUARD, "max_wait_seconds": MAX_WAIT}}
+
+
+def _files(study, kind: str) -> list:
+    return sorted((study.out_dir / "dicom" / kind).glob("*.dcm"))
+
+
+def test_ready_after_guard_when_every_expected_instance_is_in(tmp_path, small_study):
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    with running_node(cfg) as node:
+        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
+        row = study_row(node, uid)
+        t = row["last_received"]
+        assert StudyTracker.expected_all_in(node.tracker._series_counts(row["id"]))
+        assert node.tracker.scan(now=t + GUARD - 0.5) == []
+        assert study_row(node, uid)["state"] == RECEIVING
+        assert node.tracker.scan(now=t + GUARD + 0.1) == [row["id"]]
+        assert study_row(node, uid)["state"] == READY
+        job = node.storage.query_one("SELECT * FROM jobs WHERE study_id = ?", (row["id"],))
+        assert job["state"] == "QUEUED" and job["version"] == 1
+
+
+def test_ready_only_after_the_quiet_period_when_counts_are_unknown(tmp_path, small_study):
+    """A PET slice short of NumberOfSlices: the study waits the full quiet period, then goes
+    READY (the pipeline can use the PET it has)."""
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    files = _files(small_study, "ct") + _files(small_study, "pet")[:-1]
+    with running_node(cfg) as node:
+        assert storescu(files, node.port).returncode == 0
+        row = study_row(node, uid)
+        t = row["last_received"]
+        assert not StudyTracker.expected_all_in(node.tracker._series_counts(row["id"]))
+        assert node.tracker.scan(now=t + GUARD + 1) == []
+        assert node.tracker.scan(now=t + STABILITY - 1) == []
+        assert study_row(node, uid)["state"] == RECEIVING
+        assert node.tracker.scan(now=t + STABILITY + 0.1) == [row["id"]]
+        assert study_row(node, uid)["state"] == READY
+
+
+def test_an_instance_arriving_while_ready_restarts_the_wait(tmp_path, small_study):
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    pet = _files(small_study, "pet")
+    with running_node(cfg) as node:
+        assert storescu(_files(small_study, "ct") + pet[:-1], node.port).returncode == 0
+        row = study_row(node, uid)
+        assert node.tracker.scan(now=row["last_received"] + STABILITY + 1) == [row["id"]]
+        assert storescu(pet[-1:], node.port).returncode == 0  # before the job started
+        row = study_row(node, uid)
+        assert (row["state"], row["version"]) == (RECEIVING, 1)
+        jobs = node.storage.query("SELECT state FROM jobs WHERE study_id = ?", (row["id"],))
+        assert [j["state"] for j in jobs] == ["CANCELLED"]
+        assert node.tracker.scan(now=row["last_received"] + GUARD + 0.1) == [row["id"]]
+
+
+def test_ct_only_ends_incomplete_after_max_wait_with_the_reason(tmp_path, small_study):
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    with running_node(cfg) as node:
+        assert storescu(_files(small_study, "ct"), node.port).returncode == 0
+        row = study_row(node, uid)
+        assert node.tracker.scan(now=row["last_received"] + STABILITY + 1) == []
+        row = study_row(node, uid)
+        assert row["state"] == RECEIVING and "no PET" in row["check_reason"]
+        node.tracker.scan(now=row["first_received"] + MAX_WAIT + 1)
+        row = study_row(node, uid)
+        assert row["state"] == INCOMPLETE
+        assert "no PET series" in row["reason"] and "after waiting" in row["reason"]
+        assert node.storage.query_one("SELECT COUNT(*) FROM jobs")[0] == 0
+
+
+def test_pet_without_ct_ends_incomplete_with_the_reason(tmp_path, small_study):
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    with running_node(cfg) as node:
+        assert storescu(_files(small_study, "pet"), node.port).returncode == 0
+        row = study_row(node, uid)
+        node.tracker.scan(now=row["first_received"] + MAX_WAIT + 1)
+        row = study_row(node, uid)
+        assert row["state"] == INCOMPLETE
+        assert "no CT" in row["reason"]
+
+
+def test_late_instances_reopen_the_study_as_a_new_version(tmp_path, small_study):
+    """CT first, INCOMPLETE at max wait; the PET arrives late: version 2 is processed."""
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    with running_node(cfg) as node:
+        assert storescu(_files(small_study, "ct"), node.port).returncode == 0
+        row = study_row(node, uid)
+        node.tracker.scan(now=row["first_received"] + MAX_WAIT + 1)
+        assert study_row(node, uid)["state"] == INCOMPLETE
+        assert storescu(_files(small_study, "pet"), node.port).returncode == 0
+        row = study_row(node, uid)
+        assert (row["state"], row["version"]) == (RECEIVING, 2)
+        assert row["reason"] is None
+        assert node.tracker.scan(now=row["last_received"] + GUARD + 0.1) == [row["id"]]
+        job = node.storage.query_one("SELECT * FROM jobs WHERE study_id = ?", (row["id"],))
+        assert job["version"] == 2
+
+
+@pytest.mark.parametrize("on_resend, expect_version", [("ignore", 1), ("new_version", 2)])
+def test_resent_study_after_processing(tmp_path, small_study, on_resend, expect_version):
+    """An unchanged resend is ignored (or versioned, as configured); a new instance always re-opens."""
+    cfg = make_config(tmp_path, {**TIMINGS, "studies": {**TIMINGS["studies"], "on_resend": on_resend}})
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    with running_node(cfg) as node:
+        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
+        row = study_row(node, uid)
+        node.tracker.scan(now=row["last_received"] + GUARD + 0.1)
+        job = node.tracker.claim_next_job()
+        node.tracker.finish_job(job, "DONE", None, None)
+        assert study_row(node, uid)["state"] == "DONE"
+
+        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
+        row = study_row(node, uid)
+        assert row["version"] == expect_version
+        assert row["state"] == ("DONE" if on_resend == "ignore" else RECEIVING)
+
+        extra = pydicom.dcmread(_files(small_study, "ct")[0])
+        extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        extra_path = tmp_path / "late.dcm"
+        extra.save_as(extra_path)
+        if on_resend == "ignore":
+            assert storescu([extra_path], node.port).returncode == 0
+            row = study_row(node, uid)
+            assert (row["state"], row["version"]) == (RECEIVING, 2)
+            assert node.storage.query_one("SELECT COUNT(*) FROM instances WHERE kept = 1")[0] == 179
