@@ -153,7 +153,7 @@ def detect_lesions(volumes, anatomy, station_map, settings: PipelineSettings, st
         logger.info("%d candidate(s) dropped as spill-over from physiologic uptake", dropped)
     if ls.split_touching:
         lung = _lungs(anatomy)
-        labels, n = lesion_mod.split_at_lung_border(labels, n, lung, sp, vml, ls.min_volume_ml)
+        labels, n = lesion_mod.split_at_lung_border(labels, n, lung, suv, sp, vml, ls.min_volume_ml)
     enlarged = lesion_mod.enlarged_ct_candidates(volumes, anatomy, station_map, labels > 0, settings.positivity)
     lesions, out_labels, w = lesion_mod.measure_and_classify(
         volumes, anatomy, station_map, labels, n, ls, settings.positivity, blood_pool, study_uid, enlarged)
