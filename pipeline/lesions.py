@@ -53,6 +53,7 @@ INTRAPULMONARY_SHELL_FRACTION = 0.5  # share of a lesion's 2–6 mm shell that i
 PRIMARY_MIN_SHELL_FRACTION = 0.15  # a central mass must at least abut the lung
 CENTRAL_PRIMARY_MIN_ML = 10.0
 SPLIT_SADDLE_RATIO = 0.7
+TUBULAR_RATIO = 2.5  # craniocaudal extent / axial diameter above which uptake is linear, not nodal
 ENLARGED_NODE_HU = (-20.0, 120.0)
 ENLARGED_NODE_MAX_ML = 40.0
 ENLARGED_NODE_MAX_ELONGATION = 2.5  # long/short axis: tubes (vessels, esophagus) are not nodes
@@ -393,6 +394,7 @@ class _Candidate:
     side_by_position: str | None
     lobe: str | None
     subdiaphragmatic: bool
+    tubular: bool = False
     ct_only: bool = False
 
     @property
@@ -476,6 +478,20 @@ def _is_subdiaphragmatic(c_index: np.ndarray, c_mm, base_mm: np.ndarray | None, 
     return bool(c_mm[2] < base_mm[j, i] - margin_mm)
 
 
+def _is_tubular(local: np.ndarray, spacing_zyx: np.ndarray) -> bool:
+    """Uptake much longer craniocaudally than wide: the esophagus or a vessel, not a node.
+
+    Uses the avid region itself; nodes are ovoid (the phantom's are 1.25:1).
+    """
+    ks = np.nonzero(local.any(axis=(1, 2)))[0]
+    z_extent = (ks.max() - ks.min() + 1) * spacing_zyx[0]
+    widest = 0.0
+    for k in ks:
+        yi, xi = np.nonzero(local[k])
+        widest = max(widest, (yi.max() - yi.min() + 1) * spacing_zyx[1], (xi.max() - xi.min() + 1) * spacing_zyx[2])
+    return z_extent >= TUBULAR_RATIO * max(widest, 1e-6) and z_extent >= 30.0
+
+
 def _in_thorax(anatomy: Anatomy, centroid_mm) -> bool:
     """Between the lung bases and apices (with 10 mm margins)."""
     lungs = [anatomy.mask(n) for n in (an.LUNG_LEFT, an.LUNG_RIGHT)]
@@ -542,7 +558,7 @@ def measure_and_classify(
             station=_station_of(local, None if stations is None else np.asarray(stations[sl]), value_to_station, sp),
             lung_fraction=lung_fraction, side_by_position=side, lobe=lobe,
             subdiaphragmatic=_is_subdiaphragmatic(c_index, _physical(ct_img, c_index), base),
-            ct_only=ct_only))
+            tubular=not ct_only and _is_tubular(local, sp), ct_only=ct_only))
 
     primary, primary_how = _choose_primary(cands, lesion_settings.primary_choice)
     bp = blood_pool.suvmean
@@ -603,6 +619,10 @@ def _classify(c: _Candidate, primary: _Candidate | None, primary_how: str, anato
     if c.subdiaphragmatic:
         return ("distant", "not a node", False, f"below the diaphragm ({numbers}): distant or physiologic, "
                 "not staged here", None, None)
+    if c.station in NODAL_STATIONS and c.tubular:
+        return ("other", "not a node", False, f"linear uptake in station {c.station} region ({numbers}): longer "
+                f"craniocaudally than {TUBULAR_RATIO:g}x its width, as along the esophagus or a vessel; "
+                "physiologic or non-nodal, not counted as a node", None, None)
     if c.station in NODAL_STATIONS:
         side = "right" if c.station.endswith("R") else "left" if c.station.endswith("L") else None
         if c.station in ("5", "6"):
