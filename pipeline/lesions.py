@@ -246,9 +246,10 @@ def drop_spill_over(labels: np.ndarray, n: int, suv: np.ndarray, organs: np.ndar
     """Remove components that are only the blurred edge of an organ's physiologic uptake.
 
     PET resolution (about 6 mm FWHM) spreads myocardial or renal uptake a few mm
-    beyond the organ's CT outline. Such a rim peaks at the organ's border; a real
-    lesion next to the organ peaks inside itself. So a component whose SUV maximum
-    lies within SPILL_OVER_MM of the organ is dropped.
+    beyond the organ's CT outline. Such a rim peaks at the organ's border and is
+    no hotter than the organ; a real lesion next to the organ peaks inside itself.
+    So a component is dropped when its SUV maximum lies within SPILL_OVER_MM of the
+    organ and the organ there is at least 90% as hot as that maximum.
     """
     if organs is None or n == 0:
         return labels, n, 0
@@ -257,7 +258,17 @@ def drop_spill_over(labels: np.ndarray, n: int, suv: np.ndarray, organs: np.ndar
     near = np.zeros(organs.shape, bool)
     near[sl] = ndimage.distance_transform_edt(~organs[sl], sampling=spacing_zyx) <= SPILL_OVER_MM
     maxima = ndimage.maximum_position(suv, labels, index=np.arange(1, n + 1))
-    drop = [lab for lab, pos in zip(range(1, n + 1), maxima) if near[pos]]
+    reach = np.ceil(SPILL_OVER_MM / spacing_zyx).astype(int)
+    drop = []
+    for lab, pos in zip(range(1, n + 1), maxima):
+        if not near[pos]:
+            continue
+        # Spill-over only if the organ beside the peak is at least about as hot as the peak:
+        # a node pressed against a quiet organ keeps its own, higher maximum.
+        box = tuple(slice(max(0, p - k), p + k + 1) for p, k in zip(pos, reach))
+        organ_here = organs[box]
+        if organ_here.any() and suv[box][organ_here].max() >= 0.9 * suv[pos]:
+            drop.append(lab)
     if not drop:
         return labels, n, 0
     lut = np.zeros(n + 1, dtype=labels.dtype)

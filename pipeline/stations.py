@@ -40,11 +40,12 @@ Landmark levels (each recorded in `StationMap.landmarks` with its source)
   Its x/y are the airway centroid there.
 * **Aortic arch, upper border**: the top of the aorta label. **Lower border**:
   going down from the top, the level where the aorta label first separates into
-  two parts (ascending in front, descending behind); above it the arch is one
-  component bridging both. Where no separate ascending aorta is labelled: the
-  lowest level (continuous from the top) at which the aorta still reaches the
-  tracheal midline. If the aorta runs out of the top of the field of view, or
-  neither holds, the arch is not identified.
+  two parts (ascending in front, descending behind; each part at least 100 mm²
+  in the slice, so a speck at the edge of the arch's cap does not count); above
+  it the arch is one component bridging both. Where no separate ascending aorta
+  is labelled: the lowest level (continuous from the top) at which the aorta
+  still reaches the tracheal midline. If the aorta runs out of the top of the
+  field of view, or neither holds, the arch is not identified.
 * **Left brachiocephalic vein crossing (caudal margin)**: the lowest voxel of the
   brachiocephalic_vein_left label lying within the trachea's left-right extent
   (i.e. where it crosses in front of the trachea).
@@ -57,8 +58,10 @@ Landmark levels (each recorded in `StationMap.landmarks` with its source)
 * **Left pulmonary artery, upper rim**: the top of the pulmonary_artery label
   left of the carina (or its top).
   Proxies in order: the top of the heart label (TotalSegmentator's heart label
-  includes the pulmonary trunk and left pulmonary artery); 10 mm above the top
-  of the pulmonary_vein label; 10 mm above the carina. A proxy is kept no lower
+  includes the pulmonary trunk and left pulmonary artery), only when it reaches
+  to within 10 mm below the carina (a heart label ending lower shows no
+  pulmonary trunk); 10 mm above the top of the pulmonary_vein label; 10 mm
+  above the carina. A proxy is kept no lower
   than 10 mm below the carina, and any value below the lower border of the arch
   (clamped, and noted in the source).
 * **Lower border of station 7, right**: the lower end of the
@@ -142,9 +145,15 @@ the axial plane unless said otherwise.
    esophagus's centre and within 60 mm of it to the side.
 9. **8R/8L** (paraesophageal): from the lower border of station 7 down to the
    lung base, mediastinal space within 25 mm of the esophageal wall, split R/L
-   at the esophagus's centre. Without an esophagus label (proxy): mediastinal
-   space behind a line 10 mm in front of the carina, within 30 mm of the
-   carina's x, split at the carina's x.
+   at the esophagus's centre.
+   Without an esophagus label (proxy), rules 4, 8 and 9 use a stand-in
+   esophagus below the carina: per slice a disc of 8 mm radius, 15 mm in front
+   of the descending aorta's centre (the aorta component nearest the vertebral
+   body, within 40 mm in front of it) and midway in x between it and the
+   vertebral body's centre (slices without an aorta: the median offsets of the
+   others), smoothed along z. Without a spine label either: station 8 is the
+   mediastinal space behind a line 10 mm in front of the carina, within 30 mm of
+   the carina's x, split at the carina's x.
 10. **11-14** (intrapulmonary): the rest of each lung, with free pockets that
     the lung encloses in an axial slice (a node inside the lung). CT shows no
     bronchial generations, so the split is a proxy by 3D distance from the
@@ -189,6 +198,7 @@ STATION_VALUES: dict[str, int] = {s: i + 1 for i, s in enumerate(STATIONS)}
 WORK_SPACING_MM = 2.0
 MIN_COMPONENT_MM2 = 20.0        # ignore label specks smaller than this in a slice
 MIN_LUMEN_SEPARATION_MM = 8.0   # two airway lumens must lie this far apart (x) to count as a split
+ARCH_PART_MIN_MM2 = 100.0       # ascending/descending aorta parts below the arch: at least this big in a slice
 STATION1_LATERAL_MM = 70.0
 STATION1_ANTERIOR_MM = 30.0     # in front of the anterior tracheal wall
 STATION1_POSTERIOR_MM = 30.0    # behind the posterior tracheal wall
@@ -213,6 +223,10 @@ LIGAMENT_LATERAL_MM = 60.0      # ... and not more than 60 mm to either side of 
 PARAESOPHAGEAL_NEAR_MM = 15.0   # below station 7, this close to the esophageal wall is 8 before anything else
 PARAESOPHAGEAL_MM = 25.0
 PARAESOPHAGEAL_PROXY_MM = 30.0
+ESOPHAGUS_PROXY_RADIUS_MM = 8.0      # stand-in esophagus (no label): a disc this size ...
+ESOPHAGUS_PROXY_ANTERIOR_MM = 15.0   # ... centred this far in front of the descending aorta's centre
+VERTEBRAL_BODY_DEPTH_MM = 25.0       # the vertebral body: spine voxels this close behind its anterior surface
+DESCENDING_AORTA_SEARCH_MM = 40.0    # the descending aorta: aorta voxels at most this far in front of the spine
 PA_ABOVE_VEINS_MM = 10.0
 PA_ABOVE_CARINA_MM = 10.0
 PA_PROXY_BELOW_CARINA_MM = 10.0  # a proxy pulmonary-artery rim is never placed lower than this below the carina
@@ -693,7 +707,8 @@ def _find_arch(w: _Work, lv: _Levels, aw: _Airway) -> None:
         for key in ("arch_top", "arch_bottom"):
             lv.miss(key, "the aorta runs out of the top of the field of view (aortic arch not imaged)")
         return
-    min_vox = max(1, int(30.0 / w.sp**2))
+    # Each part must be a vessel's cross-section, not a speck at the edge of a partial-volume cap.
+    min_vox = max(1, int(ARCH_PART_MIN_MM2 / w.sp**2))
     k_split = None
     for k in range(k_top, int(ks.min()) - 1, -1):
         c = _components(aorta[k], min_vox)
@@ -782,23 +797,32 @@ def _find_pa(w: _Work, lv: _Levels, aw: _Airway) -> None:
         sel = kk == k
         z, src = w.z[k] + w.sp / 2, "label:pulmonary_artery (upper rim, left of the carina)"
         x, y = w.x[ii[sel]].mean(), w.y[jj[sel]].mean()
-    elif w.has("heart"):
+    heart_note = ""
+    if z is None and w.has("heart"):
         heart = w.mask("heart")
         kk, jj, ii = np.nonzero(heart)
         k = int(kk.max())
         sel = kk == k
-        z = w.z[k] + w.sp / 2
-        src = ("proxy: top of the heart label (TotalSegmentator's heart includes the pulmonary trunk "
-               "and left pulmonary artery; no pulmonary artery label)")
-        x, y = w.x[ii[sel]].mean(), w.y[jj[sel]].mean()
-    elif w.has("pulmonary_vein"):
+        z_h = w.z[k] + w.sp / 2
+        if z_car is not None and z_h < z_car - PA_PROXY_BELOW_CARINA_MM:
+            # A heart label ending this far below the carina does not hold the pulmonary trunk.
+            heart_note = (f"; the heart label ends {z_car - z_h:.0f} mm below the carina, so it does not show "
+                          "the pulmonary trunk")
+        else:
+            z = z_h
+            src = ("proxy: top of the heart label (TotalSegmentator's heart includes the pulmonary trunk "
+                   "and left pulmonary artery; no pulmonary artery label)")
+            x, y = w.x[ii[sel]].mean(), w.y[jj[sel]].mean()
+    if z is None and w.has("pulmonary_vein"):
         kk = np.nonzero(w.mask("pulmonary_vein").any(axis=(1, 2)))[0]
         z = w.z[int(kk.max())] + w.sp / 2 + PA_ABOVE_VEINS_MM
-        src = f"proxy: {PA_ABOVE_VEINS_MM:g} mm above the top of the pulmonary veins (no pulmonary artery or heart label)"
+        src = (f"proxy: {PA_ABOVE_VEINS_MM:g} mm above the top of the pulmonary veins (no pulmonary artery or heart "
+               f"label{heart_note})")
         x = y = None
-    elif z_car is not None:
+    elif z is None and z_car is not None:
         z = z_car + PA_ABOVE_CARINA_MM
-        src = f"proxy: {PA_ABOVE_CARINA_MM:g} mm above the carina (no pulmonary artery, heart or pulmonary vein label)"
+        src = (f"proxy: {PA_ABOVE_CARINA_MM:g} mm above the carina (no pulmonary artery, heart or pulmonary vein "
+               f"label{heart_note})")
         x = y = None
     if z is None:
         lv.miss("pa_top", "no pulmonary artery, heart or pulmonary vein label and no carina")
@@ -1042,6 +1066,62 @@ def _mediastinal_space(w: _Work, lung_r: np.ndarray, lung_l: np.ndarray, free: n
     return space & free
 
 
+def _esophagus_proxy(w: _Work, k_end: int) -> np.ndarray | None:
+    """A stand-in esophagus below the carina (slices 0..k_end-1) when no esophagus is labelled.
+
+    Below the carina the esophagus runs in the posterior mediastinum in front of the
+    vertebral bodies, immediately in front of and to the right of the descending aorta.
+    Per slice, the proxy is a disc of ESOPHAGUS_PROXY_RADIUS_MM centred midway in x
+    between the vertebral body's centre and the descending aorta's centre, and
+    ESOPHAGUS_PROXY_ANTERIOR_MM in front of the aorta's centre (the descending aorta: the
+    aorta component nearest the vertebral body, within DESCENDING_AORTA_SEARCH_MM in front
+    of it). Slices without an aorta take the median offsets from the vertebral body of the
+    others (none at all: the vertebral body's centre, ESOPHAGUS_PROXY_ANTERIOR_MM in front
+    of it). Centres are smoothed along z. None without a spine label below the carina.
+    """
+    spine = w.mask(*[n for n in w.values if n.startswith("vertebrae_")], "spine")
+    aorta = w.mask("aorta")
+    nz = len(w.z)
+    k_end = min(k_end, nz)
+    xs, yf = np.full(nz, np.nan), np.full(nz, np.nan)  # vertebral body centre x, anterior surface y
+    dx, dy = np.full(nz, np.nan), np.full(nz, np.nan)  # proxy centre relative to (xs, yf), where an aorta is seen
+    for k in range(k_end):
+        if not spine[k].any():
+            continue
+        jj, ii = np.nonzero(spine[k])
+        y_front = float(w.y[jj].min())
+        x_sp = float(w.x[ii[w.y[jj] <= y_front + VERTEBRAL_BODY_DEPTH_MM]].mean())
+        xs[k], yf[k] = x_sp, y_front
+        ao = aorta[k] & (w.y[:, None] >= y_front - DESCENDING_AORTA_SEARCH_MM)
+        best = None
+        for comp in _components(ao, max(1, int(MIN_COMPONENT_MM2 / w.sp**2))):
+            aj, ai = np.nonzero(comp)
+            xa, ya = float(w.x[ai].mean()), float(w.y[aj].mean())
+            d = math.hypot(xa - x_sp, ya - y_front)
+            if best is None or d < best[0]:
+                best = (d, xa, ya)
+        if best is not None:
+            dx[k] = 0.5 * (best[1] - x_sp)
+            dy[k] = best[2] - ESOPHAGUS_PROXY_ANTERIOR_MM - y_front
+    ks = np.nonzero(np.isfinite(xs))[0]
+    if ks.size == 0:
+        return None
+    if np.isfinite(dx).any():
+        dx = np.where(np.isfinite(dx), dx, np.nanmedian(dx))
+        dy = np.where(np.isfinite(dy), dy, np.nanmedian(dy))
+    else:
+        dx = np.zeros(nz)
+        dy = np.full(nz, -ESOPHAGUS_PROXY_ANTERIOR_MM)
+    size = max(1, int(round(20.0 / w.sp)) | 1)
+    cx = ndi.median_filter(xs[ks] + dx[ks], size=size, mode="nearest")
+    cy = ndi.median_filter(yf[ks] + dy[ks], size=size, mode="nearest")
+    out = np.zeros(w.arr.shape, dtype=bool)
+    r2 = ESOPHAGUS_PROXY_RADIUS_MM ** 2
+    for k, x0, y0 in zip(ks, cx, cy):
+        out[k] = ((w.x[None, :] - x0) ** 2 + (w.y[:, None] - y0) ** 2) <= r2
+    return out
+
+
 def _build_regions(w: _Work, lv: _Levels, aw: _Airway, lung_r: np.ndarray, lung_l: np.ndarray,
                    notes: list[str]) -> np.ndarray:
     S = np.zeros(w.arr.shape, dtype=np.uint8)
@@ -1126,6 +1206,13 @@ def _build_regions(w: _Work, lv: _Levels, aw: _Airway, lung_r: np.ndarray, lung_
     lows = [z[k] for k in ("station7_lower_right", "station7_lower_left") if k in z]
     k_low = w.k_of(max(lows) + w.sp) if lows else 0
     has_eso = bool(eso[:k_low].any())
+    if lows and not has_eso:
+        proxy = _esophagus_proxy(w, k_low)
+        if proxy is not None:
+            eso, has_eso = proxy, True
+            notes.append(f"proxy: no esophagus label; below the carina the esophagus is taken as a "
+                         f"{ESOPHAGUS_PROXY_RADIUS_MM:g} mm disc {ESOPHAGUS_PROXY_ANTERIOR_MM:g} mm in front of the "
+                         "descending aorta's centre, midway between it and the vertebral body's centre in x")
     if lows:
         d_eso = _dist_inplane(w, eso, 0, k_low)
         ex = np.full(nz, np.nan)
