@@ -26,6 +26,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 
 from pipeline.staging import STATIONS, normalize_station, station_side
+from pipeline.staging import STATION_NAMES
 
 PRIVATE_SCHEME = "99NODESTAGE"
 PRIVATE_SCHEME_NAME = "nodestage private codes (IASLC stations, TNM N categories, node evidence)"
@@ -113,23 +114,7 @@ UNIT_MM = _ucum("mm", "Millimeter")
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 # --- IASLC stations: private code + standard anatomy (CID 7600) ---------------------
-_STATION_NAMES = {
-    "1": "low cervical, supraclavicular, sternal notch",
-    "2": "upper paratracheal",
-    "3a": "prevascular",
-    "3p": "retrotracheal",
-    "4": "lower paratracheal",
-    "5": "subaortic",
-    "6": "para-aortic",
-    "7": "subcarinal",
-    "8": "paraesophageal",
-    "9": "pulmonary ligament",
-    "10": "hilar",
-    "11": "interlobar",
-    "12": "lobar",
-    "13": "segmental",
-    "14": "subsegmental",
-}
+
 # CID 7600 "Lymph Node Anatomic Sites" concept for each IASLC station number. It is
 # laterality-free: the side comes from a laterality modifier. 3a has no own concept;
 # the combined "prevascular/retrotracheal" one (old station 3) contains it.
@@ -162,7 +147,7 @@ def station_meaning(station: str) -> str:
     """'4R' -> 'IASLC 4R: right lower paratracheal'."""
     s = normalize_station(station)
     side = station_side(s)
-    name = _STATION_NAMES[_station_number(s)]
+    name = STATION_NAMES[_station_number(s)]
     if s.endswith(("R", "L")):
         name = f"{side} {name}"
     return f"IASLC {s}: {name}"

@@ -30,7 +30,7 @@ STATIONS: tuple[str, ...] = (
 _ORDER = {s: i for i, s in enumerate(STATIONS)}
 
 # Station number -> descriptive name (side word is added for R/L stations).
-_NAMES = {
+STATION_NAMES = {  # by station number, as in the IASLC map
     "1": "low cervical, supraclavicular and sternal notch",
     "2": "upper paratracheal",
     "3a": "prevascular",
@@ -132,7 +132,7 @@ def _number(station: str) -> str:
 def _label(station: str) -> str:
     """'4R' -> '4R: right lower paratracheal'."""
     side = station_side(station)
-    name = _NAMES[_number(station)]
+    name = STATION_NAMES[_number(station)]
     if station.endswith(("R", "L")):
         name = f"{side} {name}"
     return f"{station}: {name}"

@@ -54,9 +54,10 @@ class OrthancPeer:
             urllib.request.urlopen(urllib.request.Request(f"{self.url}/studies/{study}", method="DELETE"), timeout=30)
 
 
-def start_orthanc(workdir: Path, modalities: dict[str, list] | None = None, aet: str = "ORTHANC") -> OrthancPeer:
-    """Start Orthanc on free loopback ports and wait until its REST API answers."""
-    dicom_port, http_port = free_port(), free_port()
+def start_orthanc(workdir: Path, modalities: dict[str, list] | None = None, aet: str = "ORTHANC",
+                  dicom_port: int | None = None) -> OrthancPeer:
+    """Start Orthanc on loopback (free ports unless `dicom_port` is given) and wait for its REST API."""
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "Name": "nodestage-test-pacs",
@@ -76,7 +77,7 @@ def start_orthanc(workdir: Path, modalities: dict[str, list] | None = None, aet:
     }
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config))
-    log = open(workdir / "orthanc.log", "wb")
+    log = open(workdir / "orthanc.log", "ab")  # appended: a restarted PACS keeps its earlier log
     proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     peer = OrthancPeer(aet, dicom_port, http_port, proc, workdir)
     deadline = time.monotonic() + 30

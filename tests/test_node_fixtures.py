@@ -141,36 +141,10 @@ def study_row(node: Node, study_uid: str):
 
 
 def start_orthanc_on(workdir: Path, dicom_port: int, modalities: dict | None = None) -> OrthancPeer:
-    """Orthanc on a chosen DICOM port (tests.peers.start_orthanc picks its own)."""
-    import json
+    """Orthanc on a chosen DICOM port, e.g. a PACS that comes back where the node expects it."""
+    from tests.peers import start_orthanc
 
-    from tests.peers import ORTHANC_BIN
-
-    http_port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "Name": "nodestage-test-pacs", "StorageDirectory": str(workdir / "storage"),
-        "IndexDirectory": str(workdir / "index"), "Plugins": [], "HttpPort": http_port,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": "ORTHANC",
-        "DicomPort": dicom_port, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-        "DicomModalities": modalities or {}, "HttpsCACertificates": "", "ConcurrentJobs": 1,
-    }
-    (workdir / "orthanc.json").write_text(json.dumps(config))
-    log = open(workdir / "orthanc.log", "ab")
-    proc = subprocess.Popen([ORTHANC_BIN, str(workdir / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=workdir)
-    peer = OrthancPeer("ORTHANC", dicom_port, http_port, proc, workdir)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited: {(workdir / 'orthanc.log').read_text()[-2000:]}")
-        try:
-            peer.get("/system")
-            return peer
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("Orthanc did not answer within 30 s")
+    return start_orthanc(workdir, modalities, dicom_port=dicom_port)
 
 
 def orthanc_instances(peer: OrthancPeer) -> list[dict]:
