@@ -28,14 +28,10 @@ from pipeline.series import (
     select_series,
 )
 
+from tests.dicom_files import files_by_height
+
 ACRIN = "petct/acrin-nsclc-fdg-pet-042"
 
-
-def files_by_height(folder: Path) -> list[Path]:
-    def z(path: Path) -> float:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
-        return float(ds.ImagePositionPatient[2])
-    return sorted(folder.iterdir(), key=z, reverse=True)
 
 
 def copy_series(files: list[Path], dest: Path, edit: Callable[[pydicom.Dataset], None] | None = None,

@@ -29,15 +29,10 @@ from pipeline.volumes import (
     resample_to,
 )
 
+from tests.dicom_files import files_by_height
+
 ACRIN = "petct/acrin-nsclc-fdg-pet-042"
 
-
-def files_by_height(folder: Path) -> list[Path]:
-    """Slices of a series from the top (highest z) down, by header position."""
-    def z(path: Path) -> float:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
-        return float(ds.ImagePositionPatient[2])
-    return sorted(folder.iterdir(), key=z, reverse=True)
 
 
 def copy_slices(files: list[Path], dest: Path, edit: Callable[[int, pydicom.Dataset], None] | None = None,
