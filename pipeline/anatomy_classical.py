@@ -306,15 +306,20 @@ def _interior(w: _Work, body: np.ndarray) -> np.ndarray:
     return out
 
 
+def _components_by_size(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Connected components: labels, count, voxel count per label (background 0), labels largest first."""
+    lab, n = ndi.label(mask)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return lab, n, sizes, np.argsort(sizes)[::-1]
+
+
 def _lung_air(w: _Work, body: np.ndarray) -> np.ndarray:
     """The large air component(s) inside the body: both lungs (and the airways when connected)."""
     air = (w.hu < LUNG_HU) & body
-    lab, n = ndi.label(air)
+    lab, n, sizes, order = _components_by_size(air)
     if n == 0:
         raise AnatomyError("no air-filled lungs found inside the body (is this a chest CT?)")
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
     keep = [order[0]]
     # lungs that are not connected through the airways at this resolution
     if n > 1 and sizes[order[1]] > 0.25 * sizes[order[0]]:
@@ -583,12 +588,9 @@ def _refine_lumen(w: _Work, parts: dict[str, np.ndarray], air: np.ndarray) -> di
 # ----------------------------------------------------------------------------- lungs
 def _lungs(w: _Work, air: np.ndarray, airway_named: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cand = air & ~ndi.binary_dilation(airway_named)
-    lab, n = ndi.label(cand)
+    lab, n, sizes, order = _components_by_size(cand)
     if n == 0:
         raise AnatomyError("no lungs left after removing the airways")
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
     big = [i for i in order[:2] if sizes[i] > 0.1 * sizes[order[0]] and sizes[i] > 0]
     if len(big) == 2:
         seeds = [lab == big[0], lab == big[1]]
@@ -626,12 +628,9 @@ def _split_by_erosion(w: _Work, whole: np.ndarray) -> list[np.ndarray]:
     st = _disk(1)
     for _ in range(12):
         cur = ndi.binary_erosion(cur, structure=st)
-        lab, n = ndi.label(cur)
+        lab, n, sizes, o = _components_by_size(cur)
         if n < 2:
             continue
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        o = np.argsort(sizes)[::-1]
         if sizes[o[1]] > 0.15 * sizes[o[0]]:
             out = []
             for i in o[:2]:

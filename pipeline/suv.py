@@ -32,7 +32,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal
 
@@ -120,22 +120,7 @@ class SUVFactor:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for result.json (datetimes as ISO 8601 strings)."""
-        return {
-            "factor": self.factor,
-            "units": self.units,
-            "decay_correction": self.decay_correction,
-            "method": self.method,
-            "weight_kg": self.weight_kg,
-            "dose_bq": self.dose_bq,
-            "half_life_s": self.half_life_s,
-            "injection_datetime": _iso(self.injection_datetime),
-            "scan_datetime": _iso(self.scan_datetime),
-            "uptake_seconds": self.uptake_seconds,
-            "decay_factor": self.decay_factor,
-            "scan_time_source": self.scan_time_source,
-            "injection_time_source": self.injection_time_source,
-            "warnings": list(self.warnings),
-        }
+        return _plain(self)
 
 
 @dataclass(frozen=True)
@@ -157,20 +142,26 @@ class SULFactor:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, with the SUVbw factor it was derived from."""
-        return {
-            "factor": self.factor,
-            "formula": self.formula,
-            "lbm_kg": self.lbm_kg,
-            "weight_kg": self.weight_kg,
-            "height_m": self.height_m,
-            "sex": self.sex,
-            "suv": self.suv.to_dict(),
-            "warnings": list(self.warnings),
-        }
+        return _plain(self)
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def _plain(obj) -> dict[str, Any]:
+    """A factor dataclass as JSON-able values: datetimes in ISO 8601, tuples as lists, nested factors as dicts."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, datetime):
+            value = _iso(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        out[f.name] = value
+    return out
 
 
 # --------------------------------------------------------------------------- header access

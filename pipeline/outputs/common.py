@@ -189,3 +189,11 @@ def drop_incomplete_clinical_trial_subject(ds: Dataset) -> bool:
 def study_datasets_for_notes(settings: OutputSettings) -> dict:
     """Attributes that mark research use (ContentQualification) when the note is on."""
     return {"content_qualification": "RESEARCH"} if settings.research_note else {}
+
+
+def save_dataset(ds, out_path) -> Path:
+    """Write a DICOM object to `out_path`, creating its folder; return the path."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out)
+    return out

@@ -163,10 +163,7 @@ def write_lesion_seg(result: StudyResult, source_ct: Sources = None, settings: O
                      out_path: str | Path = "seg.dcm") -> Path:
     """Write the lesion SEG to `out_path` and return the path."""
     seg = build_lesion_seg(result, source_ct, settings)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(out)
-    return out
+    return common.save_dataset(seg, out_path)
 
 
 def build_station_seg(result: StudyResult, source_ct: Sources = None,
@@ -204,7 +201,4 @@ def build_station_seg(result: StudyResult, source_ct: Sources = None,
 def write_station_seg(result: StudyResult, source_ct: Sources = None, settings: OutputSettings | None = None,
                       out_path: str | Path = "stations_seg.dcm") -> Path:
     seg = build_station_seg(result, source_ct, settings)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(out)
-    return out
+    return common.save_dataset(seg, out_path)

@@ -300,7 +300,4 @@ def write_sr(result: StudyResult, seg: Dataset | str | Path | None, settings: Ou
              out_path: str | Path = "sr.dcm", source_ct: Sources = None, source_pet: Sources = None) -> Path:
     """Write the SR to `out_path` and return the path."""
     sr = build_sr(result, seg, settings, source_ct, source_pet)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sr.save_as(out)
-    return out
+    return common.save_dataset(sr, out_path)
