@@ -342,11 +342,11 @@ class StoreSCP:
             self._count("instances_undecodable", error=("receive", f"instance from '{calling}' refused: {err}"))
             return STATUS_CANNOT_UNDERSTAND
         kept = is_kept(header.sop_class)
-        path = None
         try:
-            if kept:
-                path = self.storage.write_instance(raw, header)
-            self.tracker.record_instance(header, path, len(raw), calling, kept)
+            pending = self.storage.write_instance(raw, header) if kept else None
+            self.tracker.record_instance(header, pending.path if pending else None, len(raw), calling, kept)
+            if pending is not None:
+                pending.wait()  # on disk before 0x0000
         except OSError as err:
             why = "disk full" if err.errno == errno.ENOSPC else f"{type(err).__name__} ({err.errno})"
             logger.error("cannot store an instance: %s", why)

@@ -1,8 +1,8 @@
 """The spool of received instances and the SQLite index (WAL) of instances, series, studies, jobs and sends.
 
 Spool layout: ``<spool>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``,
-each file written to ``<spool>/.incoming/`` first, fsynced (per config), then
-renamed into place, so a file in the spool is always whole. UIDs that are not
+each file written to ``<spool>/.incoming/`` first, then renamed into place and
+fsynced with its folder (per config) before the sender gets 0x0000. UIDs that are not
 safe as file names are replaced by a hash.
 
 The index is one SQLite database in WAL mode, shared by the receiving threads,
@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,7 @@ class Storage:
                 self._lock_file = None
                 raise NodeLockedError(f"another node is running on {self.database}") from None
         self._lock = threading.RLock()
+        self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="nodestage-fsync")
         self.conn = connect(self.database, fsync)
         self.conn.executescript(SCHEMA)
         self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -203,6 +205,7 @@ class Storage:
         return rows[0] if rows else None
 
     def close(self) -> None:
+        self._syncer.shutdown(wait=True)
         with self._lock:
             try:
                 self.conn.close()
@@ -242,36 +245,38 @@ class Storage:
     def study_dir(self, study_uid: str) -> Path:
         return self.spool_dir / safe_name(study_uid)
 
-    def write_instance(self, raw: bytes, header: InstanceHeader) -> Path:
-        """Write `raw` to a temp file, fsync it (per config), rename it into the spool; return the path.
+    def write_instance(self, raw: bytes, header: InstanceHeader) -> PendingWrite:
+        """Write `raw` to a temp file and rename it into the spool; the fsyncs (per config) run meanwhile.
 
+        The caller indexes the instance while the file and its folder are synced
+        (the two waits overlap), then calls `PendingWrite.wait()` before it
+        acknowledges. A kill of the node cannot tear a renamed file (the kernel
+        holds it); a power loss before `wait()` returns can, but that instance was
+        never acknowledged, and the sender's retry rewrites it.
         Raises OSError (disk full, permissions); the temp file is removed then.
         """
         final = self.spool_path(header)
         tmp = self.incoming / f"{uuid.uuid4().hex}.part"
+        fd = -1
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(raw)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            view = memoryview(raw)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
             created = not final.parent.is_dir()
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
-            if self.fsync:
-                _fsync_dir(final.parent)
-                if created:
-                    _fsync_dir(final.parent.parent)
-                    _fsync_dir(self.spool_dir)
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        return final
+        if not self.fsync:
+            os.close(fd)
+            return PendingWrite(final)
+        folders = [final.parent] + ([final.parent.parent, self.spool_dir] if created else [])
+        return PendingWrite(final, self._syncer.submit(_sync_and_close, fd, folders))
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.spool_dir).free
@@ -325,6 +330,29 @@ def connect(database: Path, fsync: bool = True, readonly: bool = False) -> sqlit
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+@dataclass
+class PendingWrite:
+    """A file renamed into the spool whose fsync may still be running."""
+
+    path: Path
+    sync: Future | None = None
+
+    def wait(self) -> Path:
+        """Block until the file and its folders are on disk; raises the fsync's OSError."""
+        if self.sync is not None:
+            self.sync.result()
+        return self.path
+
+
+def _sync_and_close(fd: int, folders: list[Path]) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 def _fsync_dir(path: Path) -> None:

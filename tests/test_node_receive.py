@@ -14,18 +14,28 @@ from dicomnode.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 from dicomnode.storage import safe_name
 from dicomnode.studies import READY, RECEIVING
 from tests.peers import free_port
-from tests.test_node_fixtures import (counts, make_config, pynetdicom_store, running_node, small_study,  # noqa: F401
-                                      storescu, study_row)
+from tests.test_node_fixtures import (counts, deep_merge, make_config, pynetdicom_store, running_node,  # noqa: F401
+                                      small_study, storescu, study_row)
 
 pytestmark = pytest.mark.network
+
+
+@pytest.fixture(params=["native", "pynetdicom"])
+def engine(request) -> str:
+    """Every receive test runs on both engines (node.engine): the default and its fallback."""
+    return request.param
+
+
+def engine_config(engine: str, tmp_path: Path, overrides: dict | None = None):
+    return make_config(tmp_path, deep_merge({"node": {"engine": engine}}, overrides or {}))
 
 
 def _uids(folder: Path) -> dict[str, Path]:
     return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in sorted(folder.rglob("*.dcm"))}
 
 
-def test_storescu_study_is_stored_raw_indexed_and_duplicates_count_once(tmp_path, small_study):
-    cfg = make_config(tmp_path)
+def test_storescu_study_is_stored_raw_indexed_and_duplicates_count_once(engine, tmp_path, small_study):
+    cfg = engine_config(engine, tmp_path)
     src = small_study.out_dir / "dicom"
     sent = _uids(src)
     study_uid = small_study.truth["dicom"]["study_instance_uid"]
@@ -53,10 +63,10 @@ def test_storescu_study_is_stored_raw_indexed_and_duplicates_count_once(tmp_path
         assert study_row(node, study_uid)["state"] == RECEIVING
 
 
-def test_one_instance_per_association_still_completes_the_study(tmp_path, small_study):
+def test_one_instance_per_association_still_completes_the_study(engine, tmp_path, small_study):
     """A PACS that opens one association per instance: every instance indexed once, and the study
     completes (completeness never waits for an association to close)."""
-    cfg = make_config(tmp_path, {"studies": {"guard_seconds": 0.1}})
+    cfg = engine_config(engine, tmp_path, {"studies": {"guard_seconds": 0.1}})
     ct = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))
     pet = sorted((small_study.out_dir / "dicom" / "pet").glob("*.dcm"))
     study_uid = small_study.truth["dicom"]["study_instance_uid"]
@@ -72,8 +82,8 @@ def test_one_instance_per_association_still_completes_the_study(tmp_path, small_
         assert study_row(node, study_uid)["state"] == READY
 
 
-def test_three_senders_at_once_index_every_instance_exactly_once(tmp_path, small_study):
-    cfg = make_config(tmp_path)
+def test_three_senders_at_once_index_every_instance_exactly_once(engine, tmp_path, small_study):
+    cfg = engine_config(engine, tmp_path)
     files = sorted((small_study.out_dir / "dicom").rglob("*.dcm"))
     with running_node(cfg) as node:
         results: list = []
@@ -94,8 +104,8 @@ def test_three_senders_at_once_index_every_instance_exactly_once(tmp_path, small
             2 * len(files)
 
 
-def test_calling_ae_not_on_the_allow_list_is_rejected(tmp_path, small_study):
-    cfg = make_config(tmp_path)
+def test_calling_ae_not_on_the_allow_list_is_rejected(engine, tmp_path, small_study):
+    cfg = engine_config(engine, tmp_path)
     one = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))[:1]
     with running_node(cfg) as node:
         r = storescu(one, node.port, calling_aet="INTRUDER")
@@ -108,14 +118,14 @@ def test_calling_ae_not_on_the_allow_list_is_rejected(tmp_path, small_study):
         assert node.storage.query_one("SELECT value FROM counters WHERE name = 'associations_rejected'")[0] == 1
 
 
-def test_peer_address_allow_list(tmp_path, small_study):
+def test_peer_address_allow_list(engine, tmp_path, small_study):
     one = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))[:1]
-    cfg = make_config(tmp_path / "a", {"security": {"allowed_peer_addresses": ["10.0.0.0/8"]}})
+    cfg = engine_config(engine, tmp_path / "a", {"security": {"allowed_peer_addresses": ["10.0.0.0/8"]}})
     with running_node(cfg) as node:
         r = storescu(one, node.port)
         assert r.returncode != 0
         assert counts(node)["instances"] == 0
-    cfg = make_config(tmp_path / "b", {"security": {"allowed_peer_addresses": ["127.0.0.0/8"]}})
+    cfg = engine_config(engine, tmp_path / "b", {"security": {"allowed_peer_addresses": ["127.0.0.0/8"]}})
     with running_node(cfg) as node:
         r = storescu(one, node.port)
         assert r.returncode == 0, r.stderr
@@ -123,8 +133,8 @@ def test_peer_address_allow_list(tmp_path, small_study):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_undecodable_or_incomplete_data_gets_a_failure_status_and_the_node_goes_on(tmp_path, small_study):
-    cfg = make_config(tmp_path)
+def test_undecodable_or_incomplete_data_gets_a_failure_status_and_the_node_goes_on(engine, tmp_path, small_study):
+    cfg = engine_config(engine, tmp_path)
     ct = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))
     raw = ct[0].read_bytes()
     truncated = tmp_path / "truncated.dcm"
@@ -150,9 +160,9 @@ def test_undecodable_or_incomplete_data_gets_a_failure_status_and_the_node_goes_
         assert any("missing StudyInstanceUID" in e["message"] for e in errors)
 
 
-def test_below_the_disk_watermark_the_node_answers_out_of_resources(tmp_path, small_study):
+def test_below_the_disk_watermark_the_node_answers_out_of_resources(engine, tmp_path, small_study):
     free_mb = shutil.disk_usage(tmp_path).free / 2**20
-    cfg = make_config(tmp_path, {"storage": {"min_free_mb": free_mb * 4}})
+    cfg = engine_config(engine, tmp_path, {"storage": {"min_free_mb": free_mb * 4}})
     ct = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))[:2]
     with running_node(cfg) as node:
         assert pynetdicom_store(node.port, ct) == [STATUS_OUT_OF_RESOURCES] * 2
@@ -160,9 +170,9 @@ def test_below_the_disk_watermark_the_node_answers_out_of_resources(tmp_path, sm
         assert not list(cfg.storage.spool_dir.rglob("*.dcm"))
 
 
-def test_other_storage_classes_are_accepted_and_ignored(tmp_path, small_study):
+def test_other_storage_classes_are_accepted_and_ignored(engine, tmp_path, small_study):
     """Routing a whole study never fails: a Secondary Capture is accepted, logged, not kept."""
-    cfg = make_config(tmp_path)
+    cfg = engine_config(engine, tmp_path)
     ct = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))
     sc = pydicom.dcmread(ct[0])
     sc.SOPClassUID = sc.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
@@ -177,12 +187,12 @@ def test_other_storage_classes_are_accepted_and_ignored(tmp_path, small_study):
         assert len(list(cfg.storage.spool_dir.rglob("*.dcm"))) == 1
 
 
-def test_echo_and_tcp_nodelay_on_accepted_sockets(tmp_path):
+def test_echo_and_tcp_nodelay_on_accepted_sockets(engine, tmp_path):
     import socket
 
     from dicomnode.commands import echo
 
-    cfg = make_config(tmp_path)
+    cfg = engine_config(engine, tmp_path)
     with running_node(cfg) as node:
         assert echo(f"NODESTAGE@127.0.0.1:{node.port}", calling_aet="STORESCU")["ok"] is True
         assert echo(f"NODESTAGE@127.0.0.1:{node.port}", calling_aet="INTRUDER")["ok"] is False
@@ -200,7 +210,7 @@ def test_echo_and_tcp_nodelay_on_accepted_sockets(tmp_path):
     assert echo(f"NODESTAGE@127.0.0.1:{free_port()}")["ok"] is False
 
 
-def test_tls_echo_and_store(tmp_path, small_study):
+def test_tls_echo_and_store(engine, tmp_path, small_study):
     """Optional TLS: a client with a certificate from our CA is served; a plain connection is not."""
     import ssl
     import subprocess
@@ -221,7 +231,7 @@ def test_tls_echo_and_store(tmp_path, small_study):
             "-subj", f"/CN={name}")
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.pem", "-days", "2")
-    cfg = make_config(tmp_path, {"security": {"tls": {
+    cfg = engine_config(engine, tmp_path, {"security": {"tls": {
         "enabled": True, "certificate": str(d / "node.pem"), "private_key": str(d / "node.key"),
         "ca_certificate": str(d / "ca.pem")}}})
     ct = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))[:1]
