@@ -188,19 +188,16 @@ class Worker:
                     self._procs.pop(job.id, None)
         elapsed = time.monotonic() - start
         self.storage.bump("job_seconds_total", elapsed)
+        shutil.rmtree(work, ignore_errors=True)  # the snapshot goes before any state says the job ended
         if self._stopping.is_set() and not timed_out and proc.returncode != 0:
             self.tracker.requeue(job, "node stopped while the job ran")
             logger.info("study #%d v%d: job stopped by shutdown; re-queued", job.study_id, job.version)
-            shutil.rmtree(work, ignore_errors=True)
             return "QUEUED"
-        try:
-            if timed_out:
-                return self._fail(job, f"timeout: the pipeline ran longer than {timeout:g} s", out_dir)
-            if proc.returncode != 0:
-                return self._fail(job, _tail_reason(log_path, proc.returncode), out_dir)
-            return self._succeed(job, out_dir, elapsed)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        if timed_out:
+            return self._fail(job, f"timeout: the pipeline ran longer than {timeout:g} s", out_dir)
+        if proc.returncode != 0:
+            return self._fail(job, _tail_reason(log_path, proc.returncode), out_dir)
+        return self._succeed(job, out_dir, elapsed)
 
     def _fail(self, job: Job, reason: str, out_dir: Path) -> str:
         self.tracker.finish_job(job, FAILED, reason, out_dir)
