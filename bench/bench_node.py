@@ -6,13 +6,15 @@ Throughput: 500 CT instances of 512x512 (4 series of 125, made from the CT slice
 `--size full` phantom with new UIDs and positions) sent on loopback by dcmtk storescu with
 TCP_NODELAY=1, on 1 association (one storescu for the whole folder) and on 4 concurrent
 associations (4 storescu processes, 125 files each), to
-  - the node (in-process, `config.yaml` defaults: fsync on, tcp_nodelay on; worker off),
-  - the node with storage.fsync false (for reference),
+  - the node (in-process, `config.yaml` defaults: native engine, fsync on, tcp_nodelay on; worker off),
+  - the node with storage.fsync false (the durability storescp and Orthanc offer: neither fsyncs),
+  - the node with node.engine pynetdicom (the fallback engine; fsync on),
   - dcmtk `storescp -od DIR PORT` (serial associations) and `storescp --fork` (4 associations only),
   - Orthanc (tests.peers.start_orthanc: default storage settings), as the tests start it and
     with TCP_NODELAY=1 in its environment (without it Orthanc's dcmtk keeps Nagle on and each
     C-STORE response waits for the sender's delayed ACK, about 40 ms).
-Each receiver starts fresh for each repetition; the figure is the median over --reps of
+Each receiver starts fresh for each repetition, after an os.sync() so that no receiver pays for
+the previous one's write-back; the figure is the median over --reps of
 500 / (wall time from starting the storescu processes to the last one exiting).
 
 Latency: the demo's set-up (dicomnode.demo: Orthanc routes the study to the node with
@@ -137,7 +139,7 @@ def wait_port(port: int, timeout: float = 20) -> None:
 # ------------------------------------------------------------------ receivers (one fresh receiver per run)
 
 
-def run_node(ct500: Path, work: Path, associations: int, fsync: bool) -> float:
+def run_node(ct500: Path, work: Path, associations: int, fsync: bool, engine: str = "native") -> float:
     root = work / "node"
     shutil.rmtree(root, ignore_errors=True)
     env = {
@@ -148,6 +150,7 @@ def run_node(ct500: Path, work: Path, associations: int, fsync: bool) -> float:
         "NODESTAGE__STORAGE__DATABASE": str(root / "nodestage.sqlite"),
         "NODESTAGE__STORAGE__LEDGER": str(root / "ledger.csv"),
         "NODESTAGE__STORAGE__FSYNC": "true" if fsync else "false",
+        "NODESTAGE__NODE__ENGINE": engine,
         "NODESTAGE__WORKER__CONCURRENCY": "0",
         "NODESTAGE__SEND__ECHO_AT_STARTUP": "false",
         "NODESTAGE__LOGGING__LEVEL": "WARNING",
@@ -226,6 +229,7 @@ def throughput(ct500: Path, work: Path, reps: int, only: list[str] | None = None
     receivers = {
         "node": lambda a: run_node(ct500, work, a, fsync=True),
         "node (fsync off)": lambda a: run_node(ct500, work, a, fsync=False),
+        "node, pynetdicom engine": lambda a: run_node(ct500, work, a, fsync=True, engine="pynetdicom"),
         "storescp": lambda a: run_storescp(ct500, work, a, fork=False),
         "storescp --fork": lambda a: run_storescp(ct500, work, a, fork=True),
         "orthanc": lambda a: run_orthanc(ct500, work, a),
@@ -239,9 +243,11 @@ def throughput(ct500: Path, work: Path, reps: int, only: list[str] | None = None
             for name, fn in receivers.items():
                 if name == "storescp --fork" and associations == 1:
                     continue
+                os.sync()  # start each run with no dirty pages left by the previous receiver's 263 MB
+                time.sleep(1)
                 seconds = fn(associations)
                 results.setdefault(associations, {}).setdefault(name, []).append(seconds)
-                print(f"  {associations} assoc, rep {rep + 1}: {name:<17} {seconds:6.2f} s "
+                print(f"  {associations} assoc, rep {rep + 1}: {name:<24} {seconds:6.2f} s "
                       f"{N_INSTANCES / seconds:7.1f} inst/s", flush=True)
     summary: dict = {}
     for associations, by_name in results.items():
@@ -337,13 +343,14 @@ def main() -> None:
             print(f"throughput: {N_INSTANCES} CT instances, {mb:.0f} MB, median of {args.reps}", flush=True)
             tp = throughput(ct500, work / "recv", args.reps, args.only)
             out["throughput"] = tp
-            print("\n| associations | receiver | median s | instances/s | node / receiver |")
-            print("|---|---|---|---|---|")
+            print("\n| assoc. | receiver | median s | instances/s | node / receiver | node fsync off / receiver |")
+            print("|---|---|---|---|---|---|")
             for a, by_name in tp.items():
                 node_rate = by_name["node"]["inst_per_s"]
+                off_rate = by_name.get("node (fsync off)", {}).get("inst_per_s", float("nan"))
                 for name, r in by_name.items():
-                    print(f"| {a} | {name} | {r['median_s']:.2f} | {r['inst_per_s']:.1f} | "
-                          f"{node_rate / r['inst_per_s']:.2f} |")
+                    print(f"| {a} | {name} | {r['median_s']:.2f} | {r['inst_per_s']:.0f} | "
+                          f"{node_rate / r['inst_per_s']:.2f} | {off_rate / r['inst_per_s']:.2f} |")
         if not args.skip_latency:
             small = work / "small"
             if not (small / "truth.json").exists():

@@ -31,10 +31,10 @@ import ssl
 import struct
 import threading
 from io import BytesIO
-from typing import Callable, Sequence
+from typing import Callable
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
@@ -69,53 +69,83 @@ _HEADER_TAGS = [tag_for_keyword(k) for k in (
     "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "CorrectedImage",
     "ImageType", "SeriesType", "SeriesNumber", "NumberOfSlices", "ImagesInAcquisition", "Rows", "Columns",
     "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", *_HEADER_TEXT.values())]
+_TAGS = {keyword_for_tag(t): t for t in _HEADER_TAGS}
+_US_KEYWORDS = frozenset(("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfSlices"))
 _PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))  # float, double float, pixel data
+_PIXEL_DATA_TAG_PAIRS = frozenset((t >> 16, t & 0xFFFF) for t in _PIXEL_DATA_TAGS)
 
 
 class UndecodableError(ValueError):
     """The received data set cannot be used; the message says why (no PHI)."""
 
 
+def _raw_text(ds: Dataset, keyword: str) -> str | None:
+    """An element's text straight from the received bytes when it is plain ASCII (no conversion);
+    None when absent, or when it needs pydicom's character-set handling."""
+    elem = ds.get_item(_TAGS[keyword])
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii").strip("\x00 ")
+        except UnicodeDecodeError:
+            pass
+    converted = ds.get(keyword)
+    if converted is None:
+        return None
+    if isinstance(converted, (str, bytes)) or not hasattr(converted, "__iter__"):
+        return str(converted).strip()
+    return "\\".join(str(v).strip() for v in converted)
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+    return _raw_text(ds, keyword) or ""
 
 
 def _multi(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return ""
-    if isinstance(value, (str, bytes)):
-        return str(value).strip().upper()
-    return "\\".join(str(v).strip().upper() for v in value)
+    text = _raw_text(ds, keyword)
+    return "\\".join(part.strip().upper() for part in text.split("\\")) if text else ""
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
-        return None if value is None or value == "" else int(value)
+        if keyword in _US_KEYWORDS:  # binary: let pydicom unpack it
+            value = ds.get(keyword)
+            return None if value is None or value == "" else int(value)
+        text = _raw_text(ds, keyword)
+        return int(text) if text else None
     except (TypeError, ValueError):
         return None
 
 
-def parse_header(raw: bytes, transfer_syntax: str | None = None, dataset_offset: int = 0) -> InstanceHeader:
-    """Read what the index needs from a received Part 10 instance; raise UndecodableError.
+def parse_header(meta: bytes, data: bytes | memoryview, transfer_syntax: str | None = None) -> InstanceHeader:
+    """Read what the index needs from a received instance; raise UndecodableError.
 
-    Only the elements the index uses are decoded, up to the pixel data; the pixel
-    data element itself is checked in place (its length against Rows x Columns x
-    frames, and against the bytes actually received), so a truncated instance is
-    refused without copying half a megabyte per slice. When the caller knows the
-    negotiated transfer syntax and where the data set starts (the native engine),
-    the file meta it has just written is not parsed again.
+    `meta` + `data` form the Part 10 file: either `meta` is empty and `data` is the
+    whole file (pynetdicom engine), or `meta` is the file meta just written and
+    `data` the bare data set in `transfer_syntax` (native engine), which then needs
+    no second parse of the meta. Only the elements the index uses are decoded, up
+    to the pixel data, from a copy of the first 64 KB at most; the pixel data
+    element is checked in place (its length against Rows x Columns x frames, and
+    against the bytes actually received), so a truncated instance is refused
+    without copying half a megabyte per slice.
     """
     try:
-        fp = BytesIO(raw)
         ts = pydicom.uid.UID(transfer_syntax) if transfer_syntax else None
         if ts is not None and ts.is_transfer_syntax and ts.is_little_endian and not ts.is_deflated:
-            fp.seek(dataset_offset)
-            ds = read_dataset(fp, ts.is_implicit_VR, True, stop_when=_at_pixel_data, specific_tags=_HEADER_TAGS)
-        else:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            view = memoryview(data)
+
+            def read(fp: BytesIO) -> Dataset:
+                return read_dataset(fp, ts.is_implicit_VR, True, stop_when=_at_pixel_data,
+                                    specific_tags=_HEADER_TAGS)
+        else:  # anything unusual (deflate, big endian): parse the whole file the ordinary way
+            view = memoryview(meta + bytes(data) if meta else data)
+
+            def read(fp: BytesIO) -> Dataset:
+                return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        ds, offset = _read_up_to_pixels(view, read)
+        if ts is None or not ts.is_transfer_syntax or ts.is_deflated or not ts.is_little_endian:
             ts = pydicom.uid.UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not _text(ds, keyword):
@@ -133,7 +163,7 @@ def parse_header(raw: bytes, transfer_syntax: str | None = None, dataset_offset:
             images_in_acquisition=_int(ds, "ImagesInAcquisition"),
             **{field: _text(ds, kw) for field, kw in _HEADER_TEXT.items()},
         )
-        _check_pixel_data(ds, ts, raw, fp.tell(), required=is_kept(header.sop_class))
+        _check_pixel_data(ds, ts, view, offset, required=is_kept(header.sop_class))
     except UndecodableError:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input
@@ -141,11 +171,33 @@ def parse_header(raw: bytes, transfer_syntax: str | None = None, dataset_offset:
     return header
 
 
+_HEAD_BYTES = 64 * 1024
+
+
+def _read_up_to_pixels(view: memoryview, read: Callable[[BytesIO], Dataset]) -> tuple[Dataset, int]:
+    """Parse from the first 64 KB; if that did not reach the pixel data (a long header), parse it all.
+
+    Returns the data set and the offset in `view` where pydicom stopped.
+    """
+    if len(view) > _HEAD_BYTES:
+        try:
+            fp = BytesIO(view[:_HEAD_BYTES])
+            ds = read(fp)
+            offset = fp.tell()
+            if offset + 4 <= len(view) and struct.unpack_from("<HH", view, offset) in _PIXEL_DATA_TAG_PAIRS:
+                return ds, offset
+        except Exception:  # cut mid-element: parse the whole instance below
+            pass
+    fp = BytesIO(view)
+    ds = read(fp)
+    return ds, fp.tell()
+
+
 def _at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
     return tag in _PIXEL_DATA_TAGS
 
 
-def _check_pixel_data(ds: Dataset, ts: pydicom.uid.UID, raw: bytes, offset: int, required: bool) -> None:
+def _check_pixel_data(ds: Dataset, ts: pydicom.uid.UID, raw: memoryview, offset: int, required: bool) -> None:
     """Check the pixel data element that starts at `offset` in `raw` (where pydicom stopped)."""
     if not ts.is_transfer_syntax or ts.is_deflated or not ts.is_little_endian:
         _check_pixel_data_parsed(pydicom.dcmread(BytesIO(raw)), required)  # rare: parse it all
@@ -156,7 +208,7 @@ def _check_pixel_data(ds: Dataset, ts: pydicom.uid.UID, raw: bytes, offset: int,
         return
     if ts.is_implicit_VR:
         (length,), start = struct.unpack_from("<I", raw, offset + 4), offset + 8
-    elif raw[offset + 4:offset + 6] in (b"OB", b"OW", b"UN", b"OF", b"OD", b"OL", b"OV"):
+    elif bytes(raw[offset + 4:offset + 6]) in (b"OB", b"OW", b"UN", b"OF", b"OD", b"OL", b"OV"):
         (length,), start = struct.unpack_from("<I", raw, offset + 8), offset + 12
     else:
         raise UndecodableError("pixel data with an unexpected VR")
@@ -168,7 +220,7 @@ def _check_pixel_data(ds: Dataset, ts: pydicom.uid.UID, raw: bytes, offset: int,
     _check_pixel_length(ds, length)
 
 
-def _check_fragments(raw: bytes, pos: int) -> None:
+def _check_fragments(raw: memoryview, pos: int) -> None:
     """Encapsulated pixel data: every item must lie within the bytes received, up to the delimiter."""
     while True:
         if pos + 8 > len(raw):
@@ -312,18 +364,18 @@ class StoreSCP:
         return STATUS_SUCCESS
 
     def on_store(self, calling_ae: str, sop_class: str, sop_instance: str, transfer_syntax: str,
-                 dataset: Sequence[bytes | memoryview]) -> int:
-        """Native engine: the data set arrives in fragments without file meta; add it, then `store()`."""
+                 dataset: memoryview) -> int:
+        """Native engine: the bare data set (a view valid until we answer); add the file meta, `store()`."""
         meta = file_meta_bytes(sop_class, sop_instance, transfer_syntax, calling_ae)
-        return self.store(lambda: b"".join([meta, *dataset]), calling_ae, transfer_syntax, len(meta))
+        return self.store(lambda: (meta, dataset), calling_ae, transfer_syntax)
 
-    def store(self, encoded: Callable[[], bytes], calling: str, transfer_syntax: str | None = None,
-              dataset_offset: int = 0) -> int:
+    def store(self, encoded: Callable[[], tuple[bytes, bytes | memoryview]], calling: str,
+              transfer_syntax: str | None = None) -> int:
         """C-STORE: the status goes back only after the instance is on disk and indexed.
 
-        `encoded()` gives the instance as a Part 10 file (meta + data set); it is only
-        called once the free-disk watermark allows storing. `transfer_syntax` and
-        `dataset_offset`, when known, spare re-reading the file meta.
+        `encoded()` gives the instance as (file meta, data set in `transfer_syntax`), or
+        (b"", whole Part 10 file); it is only called once the free-disk watermark
+        allows storing. The two parts are written as they are, never joined.
         """
         try:
             if self.min_free_bytes and self.storage.free_bytes() < self.min_free_bytes:
@@ -331,20 +383,21 @@ class StoreSCP:
                              self.config.storage.min_free_mb)
                 self._count("instances_refused_disk")
                 return STATUS_OUT_OF_RESOURCES
-            raw = encoded()
+            meta, data = encoded()
         except Exception:
             logger.exception("cannot read the received data set")
             return STATUS_OUT_OF_RESOURCES
         try:
-            header = parse_header(raw, transfer_syntax, dataset_offset)
+            header = parse_header(meta, data, transfer_syntax)
         except UndecodableError as err:
             logger.warning("refusing an instance from '%s': %s", calling, err)
             self._count("instances_undecodable", error=("receive", f"instance from '{calling}' refused: {err}"))
             return STATUS_CANNOT_UNDERSTAND
         kept = is_kept(header.sop_class)
         try:
-            pending = self.storage.write_instance(raw, header) if kept else None
-            self.tracker.record_instance(header, pending.path if pending else None, len(raw), calling, kept)
+            pending = self.storage.write_instance([meta, data], header) if kept else None
+            self.tracker.record_instance(header, pending.path if pending else None, len(meta) + len(data), calling,
+                                         kept)
             if pending is not None:
                 pending.wait()  # on disk before 0x0000
         except OSError as err:

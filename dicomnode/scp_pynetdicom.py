@@ -82,7 +82,7 @@ def start_server(scp: StoreSCP) -> PynetdicomServer:
     ae.network_timeout = n.network_timeout_s
 
     def on_store(event: Any) -> int:
-        return scp.store(lambda: event.encoded_dataset(), event.assoc.requestor.ae_title)
+        return scp.store(lambda: (b"", event.encoded_dataset()), event.assoc.requestor.ae_title)
 
     def on_echo(event: Any) -> int:
         return scp.on_echo(event.assoc.requestor.ae_title)

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -245,8 +245,9 @@ class Storage:
     def study_dir(self, study_uid: str) -> Path:
         return self.spool_dir / safe_name(study_uid)
 
-    def write_instance(self, raw: bytes, header: InstanceHeader) -> PendingWrite:
-        """Write `raw` to a temp file and rename it into the spool; the fsyncs (per config) run meanwhile.
+    def write_instance(self, parts: Sequence[bytes | memoryview], header: InstanceHeader) -> PendingWrite:
+        """Write `parts` (one after the other) to a temp file and rename it into the spool; the fsyncs
+        (per config) run meanwhile.
 
         The caller indexes the instance while the file and its folder are synced
         (the two waits overlap), then calls `PendingWrite.wait()` before it
@@ -260,10 +261,7 @@ class Storage:
         fd = -1
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            view = memoryview(raw)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            _write_all(fd, parts)
             created = not final.parent.is_dir()
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
@@ -330,6 +328,17 @@ def connect(database: Path, fsync: bool = True, readonly: bool = False) -> sqlit
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 @dataclass

@@ -200,6 +200,13 @@ def encode_p_data(context_id: int, is_command: bool, payload: bytes, max_pdu_len
     return pdus
 
 
+def decode_pdv_header(head: bytes | bytearray | memoryview) -> tuple[int, int, bool, bool]:
+    """The 6-byte PDV header: (item length, context ID, is command, is last fragment)."""
+    (length,) = struct.unpack_from(">I", head, 0)
+    control = head[5]
+    return length, head[4], bool(control & 0x01), bool(control & 0x02)
+
+
 def decode_p_data(body: memoryview) -> list[PDV]:
     """The PDVs of a P-DATA-TF body; each `data` is a view into `body` (no copy)."""
     pdvs = []
@@ -207,11 +214,10 @@ def decode_p_data(body: memoryview) -> list[PDV]:
     while pos < len(body):
         if pos + 6 > len(body):
             raise PDUError("truncated PDV header")
-        (length,) = struct.unpack_from(">I", body, pos)
+        length, context_id, is_command, is_last = decode_pdv_header(body[pos:pos + 6])
         if length < 2 or pos + 4 + length > len(body):
             raise PDUError("PDV length outside its PDU")
-        control = body[pos + 5]
-        pdvs.append(PDV(body[pos + 4], bool(control & 0x01), bool(control & 0x02), body[pos + 6:pos + 4 + length]))
+        pdvs.append(PDV(context_id, is_command, is_last, body[pos + 6:pos + 4 + length]))
         pos += 4 + length
     if not pdvs:
         raise PDUError("P-DATA-TF without a PDV")

@@ -27,7 +27,7 @@ import ssl
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from dicomnode import ul_pdu as pdu
 from dicomnode.ul_dimse import (C_ECHO_RQ, C_STORE_RQ, STATUS_SOP_CLASS_NOT_SUPPORTED,
@@ -60,8 +60,8 @@ class StoreHandlers(Protocol):
     """What the acceptor calls; each returns the DIMSE status to send back."""
 
     def on_store(self, calling_ae: str, sop_class: str, sop_instance: str, transfer_syntax: str,
-                 dataset: Sequence[bytes | memoryview]) -> int:
-        """`dataset`: the data set's fragments in order (views into the received PDUs)."""
+                 dataset: memoryview) -> int:
+        """`dataset`: a view of the received data set, valid until this call returns."""
 
     def on_echo(self, calling_ae: str) -> int: ...
 
@@ -70,6 +70,36 @@ class StoreHandlers(Protocol):
 
 class _Closed(Exception):
     """The peer closed the connection."""
+
+
+class _Message:
+    """The DIMSE message being received: command fragments, and the data set in a reusable buffer."""
+
+    _KEEP = 64 << 20  # a buffer grown past this (a big multi-frame) is dropped after its message
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(1 << 20)
+        self.reset()
+
+    def reset(self) -> None:
+        self.command_parts: list[bytes] = []
+        self.command = None
+        self.context_id: int | None = None
+        self.size = 0
+        if len(self.buffer) > self._KEEP:
+            self.buffer = bytearray(1 << 20)
+
+    def reserve(self, n: int) -> memoryview:
+        """A writable view of `n` bytes at the end of the data set received so far."""
+        if self.size + n > len(self.buffer):
+            grown = bytearray(max(2 * len(self.buffer), self.size + n))
+            grown[: self.size] = memoryview(self.buffer)[: self.size]
+            self.buffer = grown
+        return memoryview(self.buffer)[self.size:self.size + n]
+
+    def dataset(self) -> memoryview:
+        """The data set; valid until the next message starts (handlers finish before they answer)."""
+        return memoryview(self.buffer)[: self.size]
 
 
 class AssociationServer:
@@ -174,26 +204,25 @@ class _Association:
 
     # ------------------------------------------------------------ socket
 
-    def _recv_exact(self, n: int) -> bytearray:
+    def _recv_exact(self, n: int) -> bytes | bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         pos = 0
         while pos < n:
-            got = self.sock.recv_into(view[pos:], min(n - pos, 1 << 22))
+            got = self.sock.recv_into(view[pos:], n - pos)
             if got == 0:
                 raise _Closed()
             pos += got
         return buf
 
-    def _read_pdu(self) -> tuple[int, memoryview]:
+    def _read_association_rq(self) -> memoryview:
         head = self._recv_exact(6)
         pdu_type, length = head[0], struct.unpack_from(">I", head, 2)[0]
-        limit = (self.settings.max_pdu + 6) if self.settings.max_pdu else MAX_PDU_WHEN_UNLIMITED
-        if pdu_type == pdu.P_DATA_TF and length > limit:
-            raise pdu.PDUError(f"P-DATA-TF of {length} bytes, over our maximum of {self.settings.max_pdu}")
-        if pdu_type not in range(pdu.A_ASSOCIATE_RQ, pdu.A_ABORT + 1) or length > MAX_PDU_WHEN_UNLIMITED:
-            raise pdu.PDUError(f"unknown PDU type 0x{pdu_type:02X}")
-        return pdu_type, memoryview(self._recv_exact(length))
+        if pdu_type != pdu.A_ASSOCIATE_RQ:
+            raise pdu.PDUError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+        if length > 1 << 20:  # a request is a few kilobytes, even with hundreds of contexts
+            raise pdu.PDUError(f"A-ASSOCIATE-RQ of {length} bytes")
+        return memoryview(self._recv_exact(length))
 
     def abort(self, reason: int = pdu.ABORT_UNEXPECTED_PDU) -> None:
         try:
@@ -241,10 +270,7 @@ class _Association:
             self.server._done(self)
 
     def _negotiate(self) -> bool:
-        pdu_type, body = self._read_pdu()
-        if pdu_type != pdu.A_ASSOCIATE_RQ:
-            raise pdu.PDUError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
-        rq = pdu.decode_associate_rq(body)
+        rq = pdu.decode_associate_rq(self._read_association_rq())
         self.calling_ae = rq.calling_ae
         s = self.settings
         rejection = None
@@ -290,12 +316,22 @@ class _Association:
     # ------------------------------------------------------------ data transfer
 
     def _serve_messages(self) -> None:
-        command_parts: list[bytes] = []
-        dataset_parts: list[memoryview] = []
-        command = None
-        context_id = None
+        """Read PDUs until release or abort. P-DATA is streamed: each PDV's header is read, then
+        its data go straight from the socket into the association's message buffer, reused from
+        one instance to the next (one copy per byte, no per-PDU allocation)."""
+        message = _Message()
         while True:
-            pdu_type, body = self._read_pdu()
+            head = self._recv_exact(6)
+            pdu_type, length = head[0], struct.unpack_from(">I", head, 2)[0]
+            if pdu_type == pdu.P_DATA_TF:
+                limit = (self.settings.max_pdu + 6) if self.settings.max_pdu else MAX_PDU_WHEN_UNLIMITED
+                if length > limit:
+                    raise pdu.PDUError(f"P-DATA-TF of {length} bytes, over our maximum of {self.settings.max_pdu}")
+                self._read_p_data(length, message)
+                continue
+            if pdu_type not in range(pdu.A_ASSOCIATE_RQ, pdu.A_ABORT + 1) or length > 1 << 16:
+                raise pdu.PDUError(f"unexpected PDU type 0x{pdu_type:02X} during data transfer")
+            self._recv_exact(length)
             if pdu_type == pdu.A_RELEASE_RQ:
                 self.sock.sendall(pdu.encode_release_rp())
                 logger.debug("association from %s released", self.address[0])
@@ -303,34 +339,53 @@ class _Association:
             if pdu_type == pdu.A_ABORT:
                 logger.warning("association from %s aborted by the peer", self.address[0])
                 return
-            if pdu_type != pdu.P_DATA_TF:
-                raise pdu.PDUError(f"unexpected PDU type 0x{pdu_type:02X} during data transfer")
-            for pdv in pdu.decode_p_data(body):
-                if pdv.context_id not in self.contexts:
-                    raise pdu.PDUError(f"PDV on presentation context {pdv.context_id}, which was not accepted")
-                if context_id is None:
-                    context_id = pdv.context_id
-                elif pdv.context_id != context_id:
-                    raise pdu.PDUError("a message spans two presentation contexts")
-                if pdv.is_command:
-                    if command is not None:
-                        raise pdu.PDUError("a command fragment after a complete command")
-                    command_parts.append(bytes(pdv.data))
-                    if not pdv.is_last:
-                        continue
-                    command = decode_command(b"".join(command_parts))
-                    if command.has_dataset:
-                        continue
-                else:
-                    if command is None:
-                        raise pdu.PDUError("a data set fragment before its command")
-                    dataset_parts.append(pdv.data)
-                    if not pdv.is_last:
-                        continue
-                self._dispatch(context_id, command, dataset_parts if command.has_dataset else None)
-                command_parts, dataset_parts, command, context_id = [], [], None, None
+            raise pdu.PDUError(f"unexpected PDU type 0x{pdu_type:02X} during data transfer")
 
-    def _dispatch(self, context_id: int, command, dataset: list[memoryview] | None) -> None:
+    def _read_p_data(self, length: int, message: _Message) -> None:
+        left = length
+        while left:
+            if left < 6:
+                raise pdu.PDUError("truncated PDV header")
+            pdv_length, context_id, is_command, is_last = pdu.decode_pdv_header(self._recv_exact(6))
+            if pdv_length < 2 or 4 + pdv_length > left:
+                raise pdu.PDUError("PDV length outside its PDU")
+            left -= 4 + pdv_length
+            if context_id not in self.contexts:
+                raise pdu.PDUError(f"PDV on presentation context {context_id}, which was not accepted")
+            if message.context_id is None:
+                message.context_id = context_id
+            elif context_id != message.context_id:
+                raise pdu.PDUError("a message spans two presentation contexts")
+            n = pdv_length - 2
+            if is_command:
+                if message.command is not None:
+                    raise pdu.PDUError("a command fragment after a complete command")
+                message.command_parts.append(bytes(self._recv_exact(n)))
+                if not is_last:
+                    continue
+                message.command = decode_command(b"".join(message.command_parts))
+                if message.command.has_dataset:
+                    continue
+            else:
+                if message.command is None:
+                    raise pdu.PDUError("a data set fragment before its command")
+                self._recv_into(message.reserve(n), n)
+                message.size += n
+                if not is_last:
+                    continue
+            self._dispatch(message.context_id, message.command, message.dataset() if message.command.has_dataset
+                           else None)
+            message.reset()
+
+    def _recv_into(self, view: memoryview, n: int) -> None:
+        pos = 0
+        while pos < n:
+            got = self.sock.recv_into(view[pos:], n - pos)
+            if got == 0:
+                raise _Closed()
+            pos += got
+
+    def _dispatch(self, context_id: int, command, dataset: memoryview | None) -> None:
         abstract_syntax, transfer_syntax = self.contexts[context_id]
         handlers = self.server.handlers
         if command.command_field == C_CANCEL_RQ:
