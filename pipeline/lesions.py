@@ -359,7 +359,7 @@ def short_axis_mm(mask: np.ndarray, spacing_zyx: np.ndarray) -> float:
     pts = np.stack([yi * spacing_zyx[1], xi * spacing_zyx[2]], axis=1)
     pts -= pts.mean(axis=0)
     _, vecs = np.linalg.eigh(np.cov(pts.T))
-    minor, major = vecs[:, 0], vecs[:, 1]
+    minor = vecs[:, 0]  # eigh sorts ascending: the short axis
     # Widest extent across the long axis, over lines parallel to it.
     proj_minor = pts @ minor
     pixel = float(np.sqrt(spacing_zyx[1] * spacing_zyx[2]))

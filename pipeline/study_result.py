@@ -8,7 +8,6 @@ that decided it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import SimpleITK as sitk
