@@ -99,20 +99,15 @@ def parse_header(meta: bytes, data: bytes | memoryview, transfer_syntax: str | N
     without copying half a megabyte per slice.
     """
     try:
-        ts = pydicom.uid.UID(transfer_syntax) if transfer_syntax else None
-        if ts is not None and ts.is_transfer_syntax and ts.is_little_endian and not ts.is_deflated:
+        ts = pydicom.uid.UID(transfer_syntax or "")
+        if ts.is_transfer_syntax and ts.is_little_endian and not ts.is_deflated:  # the bare data set
             view = memoryview(data)
-
-            def read(fp: BytesIO) -> Dataset:
-                return read_dataset(fp, ts.is_implicit_VR, True, stop_when=_at_pixel_data,
-                                    specific_tags=_HEADER_TAGS)
-        else:  # anything unusual (deflate, big endian): parse the whole file the ordinary way
+            ds, offset = _read_up_to_pixels(view, lambda fp: read_dataset(
+                fp, ts.is_implicit_VR, True, stop_when=_at_pixel_data, specific_tags=_HEADER_TAGS))
+        else:  # a whole Part 10 file, or an unusual syntax (deflate, big endian): the ordinary way
             view = memoryview(meta + bytes(data) if meta else data)
-
-            def read(fp: BytesIO) -> Dataset:
-                return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        ds, offset = _read_up_to_pixels(view, read)
-        if ts is None or not ts.is_transfer_syntax or ts.is_deflated or not ts.is_little_endian:
+            ds, offset = _read_up_to_pixels(view, lambda fp: pydicom.dcmread(
+                fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS))
             ts = pydicom.uid.UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not _text(ds, keyword):

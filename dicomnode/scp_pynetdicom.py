@@ -8,7 +8,6 @@ with one key if a peer ever disagrees with the native acceptor.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.ul_server import address_allowed
 
 if TYPE_CHECKING:
     from dicomnode.scp import StoreSCP
@@ -34,22 +35,13 @@ class PynetdicomServer(ThreadedAssociationServer):
         if self.nodelay:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
-            if not self._address_allowed(address):
+            if not address_allowed(self.networks, address):
                 return client, address  # verify_request closes it; no handshake for refused peers
             client = self.ssl_context.wrap_socket(client, server_side=True)
         return client, address
 
-    def _address_allowed(self, address) -> bool:
-        if not self.networks:
-            return True
-        try:
-            ip = ipaddress.ip_address(address[0])
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
-
     def verify_request(self, request, client_address) -> bool:  # socketserver hook
-        if self._address_allowed(client_address):
+        if address_allowed(self.networks, client_address):
             return True
         logger.warning("connection from %s refused: not in security.allowed_peer_addresses", client_address[0])
         return False
@@ -89,7 +81,8 @@ def start_server(scp: StoreSCP) -> PynetdicomServer:
 
     def on_rejected(event: Any) -> None:
         requestor = event.assoc.requestor
-        scp.on_rejected(requestor.ae_title, requestor.address, "calling AE not on the allow-list")
+        scp.on_rejected(requestor.ae_title, requestor.address, "refused by the pynetdicom engine (calling or called "
+                        "AE, or the association limit)")
 
     handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_C_ECHO, on_echo), (evt.EVT_REJECTED, on_rejected)]
     server = ae.make_server((n.host, n.port), ssl_context=scp.ssl_context, evt_handlers=handlers,

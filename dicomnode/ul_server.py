@@ -56,6 +56,17 @@ class AcceptorSettings:
     tcp_nodelay: bool = True
 
 
+def address_allowed(networks: list, address: tuple) -> bool:
+    """Whether a peer's address is in `security.allowed_peer_addresses` (empty: every address)."""
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address[0])
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
 class StoreHandlers(Protocol):
     """What the acceptor calls; each returns the DIMSE status to send back."""
 
@@ -142,7 +153,7 @@ class AssociationServer:
                         break
                     logger.exception("accept failed")
                     continue
-                if not self._address_allowed(address):
+                if not address_allowed(self.networks, address):
                     logger.warning("connection from %s refused: not in security.allowed_peer_addresses", address[0])
                     client.close()
                     continue
@@ -152,15 +163,6 @@ class AssociationServer:
                     self.active[id(assoc)] = assoc
                 assoc.thread = thread
                 thread.start()
-
-    def _address_allowed(self, address) -> bool:
-        if not self.networks:
-            return True
-        try:
-            ip = ipaddress.ip_address(address[0])
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
 
     def _done(self, assoc: _Association) -> None:
         with self._lock:
