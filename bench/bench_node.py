@@ -262,7 +262,7 @@ def throughput(ct500: Path, work: Path, reps: int, only: list[str] | None = None
 def latency(study_dir: Path, work: Path) -> dict:
     files = sorted(p for p in (study_dir / "dicom").rglob("*.dcm"))
     node_port = free_port()
-    pacs = demo.Orthanc(work / "orthanc", node_port)
+    pacs = demo.start_pacs(work / "orthanc", node_port)
     node = None
     try:
         config = demo._node_config(work / "node", node_port, "ORTHANC", pacs.dicom_port)

@@ -11,9 +11,6 @@ the PACS, and stops everything. `progress` receives one human line per step.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -24,6 +21,7 @@ from typing import Any, Callable
 import pydicom
 
 from dicomnode.config import NodeConfig
+from dicomnode.orthanc import ORTHANC_BIN, Orthanc, OrthancError, free_port, start_orthanc
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 OUTPUT_CLASSES = {SEG: "SEG", SR: "SR", SC: "SC"}
@@ -33,66 +31,12 @@ class DemoError(RuntimeError):
     """A step of the demo failed; the message says which."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Orthanc:
-    """Orthanc in the foreground on loopback ports, with its storage under `workdir`."""
-
-    def __init__(self, workdir: Path, node_port: int):
-        self.workdir = workdir
-        self.dicom_port, self.http_port = _free_port(), _free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "nodestage-demo-pacs", "StorageDirectory": str(workdir / "storage"),
-            "IndexDirectory": str(workdir / "index"), "Plugins": [], "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": "ORTHANC",
-            "DicomPort": self.dicom_port, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-            "DicomModalities": {"nodestage": ["NODESTAGE", "127.0.0.1", node_port]},
-            "HttpsCACertificates": "", "ConcurrentJobs": 1,
-        }
-        (workdir / "orthanc.json").write_text(json.dumps(config))
-        self.log = open(workdir / "orthanc.log", "ab")
-        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-        self.proc = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=workdir)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise DemoError(f"Orthanc exited at start-up; see {workdir / 'orthanc.log'}")
-            try:
-                self.get("/system")
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise DemoError("Orthanc did not answer within 30 s") from None
-                time.sleep(0.2)
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, body: bytes | dict, timeout: float = 600) -> Any:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        with urllib.request.urlopen(urllib.request.Request(self.url + path, data=data, method="POST"),
-                                    timeout=timeout) as r:
-            raw = r.read()
-        return json.loads(raw) if raw else None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+def start_pacs(workdir: Path, node_port: int) -> Orthanc:
+    """Orthanc as the demo's PACS, with the node as its modality `nodestage`."""
+    try:
+        return start_orthanc(workdir, {"nodestage": ["NODESTAGE", "127.0.0.1", node_port]})
+    except OrthancError as err:
+        raise DemoError(str(err)) from None
 
 
 class StoragePeer:
@@ -104,7 +48,7 @@ class StoragePeer:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.received: list[tuple[str, str]] = []  # (study UID, SOP class)
-        self.port = _free_port()
+        self.port = free_port()
         ae = AE(ae_title="DEMOPACS")
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax)
@@ -182,13 +126,13 @@ def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", 
     files = sorted(p for p in study_dir.rglob("*") if p.is_file())
     if not files:
         raise DemoError(f"no files under {study_dir}")
-    node_port = _free_port()
+    node_port = free_port()
     if use_orthanc is None:
-        use_orthanc = bool(shutil.which("Orthanc") or Path("/usr/sbin/Orthanc").exists())
+        use_orthanc = Path(ORTHANC_BIN).exists()
     pacs: Orthanc | StoragePeer
     if use_orthanc:
         progress("starting Orthanc (the PACS) on loopback ...")
-        pacs = Orthanc(out / "orthanc", node_port)
+        pacs = start_pacs(out / "orthanc", node_port)
         dest_ae, dest_port = "ORTHANC", pacs.dicom_port
         progress(f"  Orthanc: {pacs.url} (DICOM port {pacs.dicom_port})")
     else:

@@ -206,15 +206,9 @@ class _Association:
 
     # ------------------------------------------------------------ socket
 
-    def _recv_exact(self, n: int) -> bytes | bytearray:
+    def _recv_exact(self, n: int) -> bytearray:
         buf = bytearray(n)
-        view = memoryview(buf)
-        pos = 0
-        while pos < n:
-            got = self.sock.recv_into(view[pos:], n - pos)
-            if got == 0:
-                raise _Closed()
-            pos += got
+        self._recv_into(memoryview(buf), n)
         return buf
 
     def _read_association_rq(self) -> memoryview:

@@ -448,36 +448,42 @@ def _grow_airway(
     return out, best[1]
 
 
-def _graph_distances(mask: np.ndarray, sp: np.ndarray, sources: np.ndarray) -> np.ndarray:
-    """Geodesic distance (mm) inside `mask` (26-connected) from the `sources` voxels; inf if unreachable."""
+def _voxel_index(mask: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Graph node number of each voxel of `mask` (-1 outside), and the voxels' coordinates in that order."""
     idx = -np.ones(mask.shape, np.int64)
     coords = np.nonzero(mask)
-    n = coords[0].size
-    idx[coords] = np.arange(n)
-    rows, cols, wts = [], [], []
+    idx[coords] = np.arange(coords[0].size)
+    return idx, coords
+
+
+def _neighbour_pairs(idx: np.ndarray, sp: np.ndarray):
+    """Each 26-connected pair of graph voxels once: (node a, node b, step in mm, slice a, slice b, kept).
+
+    The slices and the `kept` mask let a caller weight an edge by what lies under its ends.
+    """
     for dz in (0, 1):
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 if (dz, dy, dx) <= (0, 0, 0):
                     continue
-                a = idx[
-                    max(0, -dz) : mask.shape[0] - max(0, dz),
-                    max(0, -dy) : mask.shape[1] - max(0, dy),
-                    max(0, -dx) : mask.shape[2] - max(0, dx),
-                ]
-                b = idx[
-                    max(0, dz) : mask.shape[0] + min(0, dz) or None,
-                    max(0, dy) : mask.shape[1] + min(0, dy) or None,
-                    max(0, dx) : mask.shape[2] + min(0, dx) or None,
-                ]
-                ok = (a >= 0) & (b >= 0)
-                rows.append(a[ok])
-                cols.append(b[ok])
+                sa = tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip((dz, dy, dx), idx.shape))
+                sb = tuple(slice(max(0, o), s - max(0, -o)) for o, s in zip((dz, dy, dx), idx.shape))
+                ia, ib = idx[sa], idx[sb]
+                ok = (ia >= 0) & (ib >= 0)
                 step = float(np.sqrt((dz * sp[0]) ** 2 + (dy * sp[1]) ** 2 + (dx * sp[2]) ** 2))
-                wts.append(np.full(int(ok.sum()), step))
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
-    g = coo_matrix((np.concatenate(wts), (r, c)), shape=(n, n)).tocsr()
+                yield ia[ok], ib[ok], step, sa, sb, ok
+
+
+def _graph_distances(mask: np.ndarray, sp: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Geodesic distance (mm) inside `mask` (26-connected) from the `sources` voxels; inf if unreachable."""
+    idx, coords = _voxel_index(mask)
+    rows, cols, wts = [], [], []
+    for ia, ib, step, _, _, _ in _neighbour_pairs(idx, sp):
+        rows.append(ia)
+        cols.append(ib)
+        wts.append(np.full(ia.size, step))
+    g = coo_matrix((np.concatenate(wts), (np.concatenate(rows), np.concatenate(cols))),
+                   shape=(coords[0].size,) * 2).tocsr()
     src = idx[sources & mask]
     dist = dijkstra(g, directed=False, indices=src, min_only=True)
     out = np.full(mask.shape, np.inf)
@@ -938,27 +944,16 @@ def _arch_path(w: _Work, exclude, asc: dict, desc: dict, mode: str, vessel) -> t
     if lab[a] == 0 or lab[a] != lab[d]:
         return None
     comp = lab == lab[a]
-    idx = -np.ones(comp.shape, np.int64)
-    coords = np.nonzero(comp)
-    n = coords[0].size
-    idx[coords] = np.arange(n)
+    idx, coords = _voxel_index(comp)
     r_ref = max(ra, rd)
     rows, cols, wts = [], [], []
-    for dz in (0, 1):
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if (dz, dy, dx) <= (0, 0, 0):
-                    continue
-                sa = tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip((dz, dy, dx), comp.shape))
-                sb = tuple(slice(max(0, o), s - max(0, -o)) for o, s in zip((dz, dy, dx), comp.shape))
-                ia, ib = idx[sa], idx[sb]
-                ok = (ia >= 0) & (ib >= 0)
-                step = float(np.sqrt((dz * w.sp[0]) ** 2 + (dy * w.sp[1]) ** 2 + (dx * w.sp[2]) ** 2))
-                depth = np.minimum(dt[sa][ok], dt[sb][ok])
-                rows.append(ia[ok])
-                cols.append(ib[ok])
-                wts.append(step * (r_ref / np.maximum(depth, 1e-3)) ** 2)
-    g = coo_matrix((np.concatenate(wts), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsr()
+    for ia, ib, step, sa, sb, ok in _neighbour_pairs(idx, w.sp):
+        depth = np.minimum(dt[sa][ok], dt[sb][ok])
+        rows.append(ia)
+        cols.append(ib)
+        wts.append(step * (r_ref / np.maximum(depth, 1e-3)) ** 2)
+    g = coo_matrix((np.concatenate(wts), (np.concatenate(rows), np.concatenate(cols))),
+                   shape=(coords[0].size,) * 2).tocsr()
     _, pred = dijkstra(g, directed=False, indices=int(idx[d]), return_predecessors=True)
     path = [int(idx[a])]
     while path[-1] != int(idx[d]):

@@ -17,28 +17,6 @@ LUNG_LOBES = (
 )
 LEFT_LUNG_LOBES = LUNG_LOBES[:2]
 RIGHT_LUNG_LOBES = LUNG_LOBES[2:]
-TS_THORAX = LUNG_LOBES + (
-    "trachea",
-    "esophagus",
-    "thyroid_gland",
-    "heart",
-    "aorta",
-    "pulmonary_vein",
-    "brachiocephalic_trunk",
-    "brachiocephalic_vein_left",
-    "brachiocephalic_vein_right",
-    "superior_vena_cava",
-    "inferior_vena_cava",
-    "clavicula_left",
-    "clavicula_right",
-    "sternum",
-    "spinal_cord",
-    "liver",
-    "kidney_left",
-    "kidney_right",
-    "urinary_bladder",
-    "brain",
-)
 VERTEBRAE = tuple(f"vertebrae_T{i}" for i in range(1, 13)) + ("vertebrae_C7",)
 
 # Our own names for structures TotalSegmentator's free tasks do not give.

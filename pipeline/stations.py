@@ -748,12 +748,8 @@ def _find_bcv_crossing(w: _Work, lv: _Levels, aw: _Airway) -> None:
     if bcv.any():
         within = bcv & (w.X >= aw.xr[:, None, None]) & (w.X <= aw.xl[:, None, None])
         if within.any():
-            kk, jj, ii = np.nonzero(within)
-            k = int(kk.min())
-            sel = kk == k
-            lv.set("bcv_crossing", w.z[k] - w.sp / 2,
-                   "label:brachiocephalic_vein_left (caudal margin where it crosses in front of the trachea)",
-                   w.x[ii[sel]].mean(), w.y[jj[sel]].mean())
+            _set_at_caudal_margin(w, lv, "bcv_crossing", within,
+                                  "label:brachiocephalic_vein_left (caudal margin where it crosses in front of the trachea)")
             return
     z_arch = lv.get("arch_top")
     if z_arch is not None:
@@ -762,6 +758,14 @@ def _find_bcv_crossing(w: _Work, lv: _Levels, aw: _Airway) -> None:
         lv.set("bcv_crossing", z_arch, f"proxy: upper border of the aortic arch ({why})")
         return
     lv.miss("bcv_crossing", "no left brachiocephalic vein crossing the trachea and no aortic arch to stand in for it")
+
+
+def _set_at_caudal_margin(w: _Work, lv: _Levels, name: str, mask: np.ndarray, source: str) -> None:
+    """Level `name` at the caudal margin of `mask` (below its lowest slice), centred on that slice's voxels."""
+    kk, jj, ii = np.nonzero(mask)
+    k = int(kk.min())
+    sel = kk == k
+    lv.set(name, w.z[k] - w.sp / 2, source, w.x[ii[sel]].mean(), w.y[jj[sel]].mean())
 
 
 def _find_azygos(w: _Work, lv: _Levels, aw: _Airway) -> None:
@@ -774,12 +778,8 @@ def _find_azygos(w: _Work, lv: _Levels, aw: _Airway) -> None:
         yp_c = float(aw.yp[aw.k_carina])
         arch = az & (w.Y < yp_c)
         if arch.any():
-            kk, jj, ii = np.nonzero(arch)
-            k = int(kk.min())
-            sel = kk == k
-            lv.set("azygos_lower", w.z[k] - w.sp / 2,
-                   "label:azygos_vein (lower border of the azygos arch, the part in front of the posterior tracheal wall)",
-                   w.x[ii[sel]].mean(), w.y[jj[sel]].mean())
+            _set_at_caudal_margin(w, lv, "azygos_lower", arch, "label:azygos_vein (lower border of the azygos arch, "
+                                  "the part in front of the posterior tracheal wall)")
             return
     lv.set("azygos_lower", z_car,
            "proxy: carina level (no azygos arch labelled; the arch lies at the right tracheobronchial angle)")
