@@ -27,6 +27,8 @@ labels, so callers need not know which backend ran:
 - ``lung_left`` / ``lung_right``: the lung lobes of that side when the label map
   has lobes but no whole lung;
 - ``spine``: the union of every ``vertebrae_*`` label when there is no ``spine``;
+- ``bone``: the union of every skeletal label (``spine``/``vertebrae_*``, ``ribs``/``rib_*``,
+  ``sternum``, ``clavicula_*``, ``scapula_*``, ``humerus_*`` ...), when there is no ``bone`` label;
 - ``body``: the container. Every labelled voxel lies inside the body, so
   ``mask("body")`` is ``labels > 0`` whenever the ``body`` label exists.
 
@@ -52,17 +54,27 @@ __all__ = [
     "AnatomySettings",
     "MissingWeightsError",
     "TotalSegSettings",
+    "LabelmapSettings",
     "OWN_LABELS",
     "TS_TOTAL_LABELS",
     "SPINE",
+    "BONE",
     "CARINA",
     "segment",
 ]
 
 # Our own structure name for all vertebrae together (classical backend).
 SPINE = "spine"
+# Derived name: every skeletal label together (vertebrae, ribs, sternum, clavicles, scapulae ...).
+BONE = "bone"
+_BONE_PREFIXES = ("vertebrae_", "rib_", "clavicula_", "scapula_", "humerus_", "hip_", "femur_")
+_BONE_NAMES = frozenset({SPINE, "ribs", "sternum", "sacrum", "skull"})
 # Landmark names.
 CARINA = "carina"
+
+
+def _is_bone(name: str) -> bool:
+    return name in _BONE_NAMES or name.startswith(_BONE_PREFIXES)
 
 # Label values of the TotalSegmentator v2 `total` classes that the classical
 # backend also produces, so both backends use the same numbers for the same
@@ -136,13 +148,25 @@ class TotalSegSettings(BaseModel):
     )
 
 
+class LabelmapSettings(BaseModel):
+    """Settings of the ``labelmap`` backend: an anatomy label map computed elsewhere."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = Field(default=None, description="NIfTI label map covering the CT (any grid)")
+    names: Path | None = Field(
+        default=None, description="structures.csv (structure,id) or JSON {name: value}; default TotalSegmentator v2"
+    )
+
+
 class AnatomySettings(BaseModel):
     """Which anatomy backend runs, and its settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["classical", "totalsegmentator"] = "classical"
+    backend: Literal["classical", "totalsegmentator", "labelmap"] = "classical"
     totalseg: TotalSegSettings = Field(default_factory=TotalSegSettings)
+    labelmap: LabelmapSettings = Field(default_factory=LabelmapSettings)
 
 
 @dataclass(frozen=True)
@@ -204,6 +228,8 @@ class Anatomy:
             parts = [self.names[n] for n in an.RIGHT_LUNG_LOBES if n in self.names]
         elif name == SPINE:
             parts = [v for n, v in self.names.items() if n.startswith("vertebrae_")]
+        elif name == BONE:
+            parts = [v for n, v in self.names.items() if _is_bone(n)]
         else:
             parts = []
         return parts or None
@@ -267,4 +293,8 @@ def segment(ct: sitk.Image, settings: AnatomySettings | None = None) -> Anatomy:
         from pipeline.anatomy_totalseg import segment_totalseg
 
         return segment_totalseg(ct, settings.totalseg)
+    if settings.backend == "labelmap":
+        from pipeline.anatomy_labelmap import segment_labelmap
+
+        return segment_labelmap(ct, settings.labelmap)
     raise AnatomyError(f"unknown anatomy backend {settings.backend!r}")  # pragma: no cover (Literal)

@@ -408,7 +408,7 @@ def segment_totalseg(ct: sitk.Image, settings: TotalSegSettings | None = None) -
 
     notes: list[str] = []
     landmarks: dict[str, tuple[float, float, float]] = {}
-    extra = _classical_extras(ct, arr, names, airway_hint, notes, landmarks)
+    extra = add_classical_extras(ct, arr, names, airway_hint, notes, landmarks)
 
     settings_used = {
         "task": TASK,
@@ -435,7 +435,7 @@ def segment_totalseg(ct: sitk.Image, settings: TotalSegSettings | None = None) -
     )
 
 
-def _classical_extras(ct, arr, names, airway_hint, notes, landmarks) -> list[str]:
+def add_classical_extras(ct, arr, names, airway_hint, notes, landmarks) -> list[str]:
     """Body, main bronchi, bronchus intermedius and carina from the classical backend (in place)."""
     from pipeline.anatomy_classical import classical_airways_and_body
 

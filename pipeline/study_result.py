@@ -8,12 +8,46 @@ that decided it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 import SimpleITK as sitk
 
-LesionKind = Literal["primary", "node", "lung_other", "distant", "other"]
-NodeStatus = Literal["positive", "enlarged, not FDG-avid", "negative", "not a node"]
+
+class LesionKind(StrEnum):
+    """What a finding is. A str enum, so it compares equal to (and serialises as) its value."""
+
+    PRIMARY = "primary"  # the primary tumour
+    NODE = "node"  # a focus (or enlarged soft-tissue nodule) in a nodal station
+    LUNG_OTHER = "lung_other"  # another intrapulmonary focus (not the primary)
+    PHYSIOLOGIC = "physiologic"  # physiologic or non-nodal uptake; `physiologic_site` says where
+    OUTSIDE_STATIONS = "outside_stations"  # thoracic, not physiologic, but in no nodal station
+    DISTANT = "distant"  # outside the thorax (below the diaphragm, in the neck above station 1)
+    OTHER = "other"  # kept for backends that cannot tell
+
+
+class NodeStatus(StrEnum):
+    """The three-tier reading of a node (DESIGN.md §4), plus the non-avid CT finding."""
+
+    POSITIVE = "positive"
+    EQUIVOCAL = "equivocal"
+    NEGATIVE = "negative"
+    ENLARGED_NON_AVID = "enlarged_non_avid"  # short axis >= 10 mm, not FDG-avid: reported, never counted
+    NOT_A_NODE = "not_a_node"
+
+
+class PhysiologicSite(StrEnum):
+    """Why a focus is physiologic or non-nodal uptake; it never counts for N."""
+
+    BONE_MARROW = "bone_marrow"
+    BROWN_FAT = "brown_fat"
+    ESOPHAGEAL = "esophageal"
+    MYOCARDIAL = "myocardial"
+    LARYNGEAL_PHARYNGEAL = "laryngeal_pharyngeal"
+    MUSCLE = "muscle"
+    THYROID = "thyroid"
+    VASCULAR = "vascular"
+    SUBDIAPHRAGMATIC = "subdiaphragmatic"  # liver, spleen, stomach, bowel, kidneys ...
 
 
 @dataclass(frozen=True)
@@ -41,13 +75,23 @@ class Lesion:
     station: str | None = None
     side: Literal["left", "right"] | None = None
     lobe: str | None = None
-    status: NodeStatus = "not a node"
-    positive: bool = False
+    status: NodeStatus = NodeStatus.NOT_A_NODE
+    positive: bool = False  # status is POSITIVE (kept as a field: the ledger and writers read it)
     rule: str = ""  # the rule (and numbers) that decided kind and status
+    physiologic_site: PhysiologicSite | None = None  # set when kind is PHYSIOLOGIC
+    peak_mm: tuple[float, float, float] | None = None  # LPS position of SUVmax (station hygiene uses it)
+
+    @property
+    def equivocal(self) -> bool:
+        return self.status == NodeStatus.EQUIVOCAL
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["centroid_mm"] = [round(v, 2) for v in self.centroid_mm]
+        if self.peak_mm is not None:
+            d["peak_mm"] = [round(v, 2) for v in self.peak_mm]
+        for key in ("kind", "status", "physiologic_site"):
+            d[key] = None if d[key] is None else str(d[key])
         for key in ("suvmax", "suvpeak", "suvmean", "mtv_ml", "tlg", "short_axis_mm"):
             d[key] = round(float(d[key]), 4)
         return d
@@ -89,6 +133,11 @@ class StudyResult:
     warnings: list[str]
     suv: dict[str, Any]  # SUVFactor.to_dict()
     accession_number: str = ""
+    # the three-tier reading: stations whose best node is equivocal, and the N category if they were positive
+    equivocal_stations: list[str] = field(default_factory=list)
+    n_tnm8_if_equivocal_positive: str | None = None
+    n_tnm9_if_equivocal_positive: str | None = None
+    station_status: dict[str, str] = field(default_factory=dict)  # station -> NodeStatus value of its most avid node
     lesion_labels: sitk.Image | None = None
     station_labels: sitk.Image | None = None
     station_values: dict[str, int] = field(default_factory=dict)
@@ -104,6 +153,10 @@ class StudyResult:
             "n_tnm8": self.n_tnm8,
             "n_tnm9": self.n_tnm9,
             "involved_stations": self.involved_stations,
+            "equivocal_stations": self.equivocal_stations,
+            "n_tnm8_if_equivocal_positive": self.n_tnm8_if_equivocal_positive,
+            "n_tnm9_if_equivocal_positive": self.n_tnm9_if_equivocal_positive,
+            "station_status": self.station_status,
             "primary_side": self.primary_side,
             "staging": self.staging,
             "positivity_rule": self.positivity_rule,
