@@ -24,15 +24,30 @@ def _print_json(obj) -> None:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from pipeline import phantom
+    """A geometric phantom, or with --anatomy DIR a real-anatomy one (real CT, synthesised PET)."""
+    from pipeline import phantom, phantom_real
 
     if args.list:
-        _print_json(phantom.list_cases())
+        _print_json(phantom.list_cases() + phantom_real.list_cases())
         return 0
     if not args.out_dir or not args.case:
         sys.stderr.write("nodestage phantom: OUT_DIR and --case are required (or --list)\n")
         return EXIT_UNPROCESSABLE
-    study = phantom.generate(args.out_dir, args.case, args.size, args.seed)
+    real = args.case in phantom_real.REAL_CASES
+    if real != bool(args.anatomy):
+        why = (f"case {args.case} needs --anatomy DIR (a CT with its label map)" if real
+               else f"--anatomy is for the real-anatomy cases ({', '.join(phantom_real.REAL_CASES)})")
+        sys.stderr.write(f"nodestage phantom: {why}\n")
+        return EXIT_UNPROCESSABLE
+    if real:
+        anatomy = Path(args.anatomy)
+        missing = [n for n in ("cxr.nii.gz", "mask.nii.gz", "structures.csv") if not (anatomy / n).is_file()]
+        if missing:
+            sys.stderr.write(f"nodestage phantom: {anatomy} lacks {', '.join(missing)}\n")
+            return EXIT_UNPROCESSABLE
+        study = phantom_real.generate(args.out_dir, args.case, anatomy, args.size or "full", args.seed)
+    else:
+        study = phantom.generate(args.out_dir, args.case, args.size or "small", args.seed)
     _print_json({"out_dir": str(study.out_dir), "truth": str(study.out_dir / "truth.json"),
                  "expected": study.truth["expected"]})
     return 0
@@ -115,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", help="write a synthetic PET/CT study with ground truth")
     p.add_argument("out_dir", nargs="?")
     p.add_argument("--case")
-    p.add_argument("--size", choices=["small", "full"], default="small")
+    p.add_argument("--anatomy", metavar="DIR",
+                   help="real-anatomy cases: a folder with cxr.nii.gz, mask.nii.gz and structures.csv "
+                        "(e.g. ../shared/data/ct/lidc-idri-0001)")
+    p.add_argument("--size", choices=["small", "full"], default=None,
+                   help="small or full (default: small for geometric cases, full for real-anatomy ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list", action="store_true", help="list the named cases")
     p.set_defaults(func=cmd_phantom)

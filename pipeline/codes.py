@@ -204,11 +204,33 @@ STATION_NOT_ASSESSABLE = private("NOT-ASSESSABLE", "Station not assessable")
 STATION_LANDMARK = private("LANDMARK", "Station landmark (with proxy)")
 PROCESSING_BACKEND = private("BACKEND", "Processing backend")
 INTENDED_USE = private("INTENDED-USE", "Intended use")
+WARNING = private("WARNING", "Processing warning")
 NODE_STATUS = private("NODE-STATUS", "Lymph node status")
+STATION_STATUS = private("STATION-STATUS", "Lymph node station status")
+EQUIVOCAL_STATION = private("EQV-STATION", "Equivocal lymph node station")
+N_CATEGORY_TNM8_IF_EQUIVOCAL = private("NCAT-TNM8-EQV", "N category (TNM 8) if equivocal stations positive")
+N_CATEGORY_TNM9_IF_EQUIVOCAL = private("NCAT-TNM9-EQV", "N category (TNM 9) if equivocal stations positive")
+
+# Verified SNOMED equivalents of the status codes (PS3.16: CID 250 "Positive/Negative",
+# CID 3120 for Equivocal). They are not used alone, because "Positive" says nothing of
+# what is positive; they go into each private code's Equivalent Code Sequence.
+POSITIVE = _sct("10828004", "Positive")
+NEGATIVE = _sct("260385009", "Negative")
+EQUIVOCAL = _sct("42425007", "Equivocal")
+
+
+def _with_equivalent(concept: CodedConcept, equivalent: CodedConcept) -> CodedConcept:
+    concept.EquivalentCodeSequence = [CodedConcept(equivalent.value, equivalent.scheme_designator,
+                                                   equivalent.meaning)]
+    return concept
+
+
+# Keyed by NodeStatus value (a StrEnum, so NodeStatus members look up the same entries).
 NODE_STATUSES = {
-    "positive": private("POSITIVE", "Positive (FDG-avid) node"),
-    "enlarged, not FDG-avid": private("ENLARGED-NONAVID", "Enlarged, not FDG-avid node"),
-    "negative": private("NEGATIVE", "Negative node"),
+    "positive": _with_equivalent(private("POSITIVE", "Positive (FDG-avid) node"), POSITIVE),
+    "equivocal": _with_equivalent(private("EQUIVOCAL", "Equivocal node"), EQUIVOCAL),
+    "negative": _with_equivalent(private("NEGATIVE", "Negative node"), NEGATIVE),
+    "enlarged_non_avid": private("ENLARGED-NONAVID", "Enlarged, not FDG-avid node"),
 }
 
 

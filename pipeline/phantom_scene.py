@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import anatomy_names as an
+from pipeline.anatomy import names as an
 
 logger = logging.getLogger(__name__)
 

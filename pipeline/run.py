@@ -18,13 +18,15 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from pipeline import __version__, lesions as lesion_mod
+from pipeline import __version__
 from pipeline.anatomy import segment
+from pipeline.lesions import detect_lesions
+from pipeline.lesions.reading import station_status
 from pipeline.settings import PipelineSettings
 from pipeline.staging import stage
 from pipeline.stations import build_station_map
 from pipeline.study import load_study
-from pipeline.study_result import BackendInfo, StudyResult
+from pipeline.study_result import BackendInfo, LesionKind, NodeStatus, StudyResult
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +78,21 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         anatomy = segment(volumes.ct, settings.anatomy)
 
     with _timed(timings, "stations", progress):
-        station_map = build_station_map(anatomy.labels, anatomy.names)
+        station_map = build_station_map(anatomy.labels, anatomy.names, landmarks=anatomy.landmarks, ct=volumes.ct)
 
     with _timed(timings, "lesions", progress):
-        findings = detect_lesions(volumes, anatomy, station_map, settings, study_uid)
+        findings = detect_lesions(volumes, anatomy, station_map, settings, study_uid,
+                                  _carina_index(station_map, anatomy, volumes.ct))
     warnings += findings.warnings
 
     with _timed(timings, "staging", progress):
-        primary = next((l for l in findings.lesions if l.kind == "primary"), None)
-        positive = sorted({l.station for l in findings.lesions if l.kind == "node" and l.positive})
-        staging = stage(primary.side if primary else None, positive)
+        primary = next((l for l in findings.lesions if l.kind == LesionKind.PRIMARY), None)
+        nodes = [l for l in findings.lesions if l.kind == LesionKind.NODE and l.station]
+        positive = sorted({l.station for l in nodes if l.status == NodeStatus.POSITIVE})
+        equivocal = sorted({l.station for l in nodes if l.status == NodeStatus.EQUIVOCAL} - set(positive))
+        side = primary.side if primary else None
+        staging = stage(side, positive)
+        if_equivocal = stage(side, sorted(set(positive) | set(equivocal))) if equivocal else staging
         if primary is None:
             warnings.append("primary tumour not found: the side is unknown")
         if not findings.lesions:
@@ -101,6 +108,8 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         lesions=findings.lesions, landmarks=[_landmark_dict(l) for l in station_map.landmarks],
         not_assessable=dict(station_map.not_assessable),
         reference_regions={"blood_pool": findings.blood_pool.to_dict(), "liver": findings.liver.to_dict(),
+                           "liver_percist_threshold": _round(findings.liver.percist_threshold),
+                           "uptake_min": _round(findings.uptake_min),
                            "lesion_threshold": {"suv": round(findings.threshold_suv, 4),
                                                 "rule": findings.threshold_rule}},
         positivity_rule=findings.positivity_rule,
@@ -114,6 +123,9 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         timings_s=timings, warnings=_unique(warnings), suv=volumes.suv_factor.to_dict(),
         lesion_labels=findings.labels, station_labels=station_map.labels,
         station_values=dict(station_map.station_values), volumes=volumes,
+        equivocal_stations=equivocal, n_tnm8_if_equivocal_positive=if_equivocal.n_tnm8,
+        n_tnm9_if_equivocal_positive=if_equivocal.n_tnm9,
+        station_status=station_status([(l.station, l.status) for l in nodes]),
     )
     if out_dir is not None:
         with _timed(timings, "outputs", progress):
@@ -124,50 +136,6 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
     return result
 
 
-def detect_lesions(volumes, anatomy, station_map, settings: PipelineSettings, study_uid: str):
-    """Detection (by backend), then the shared measurement and classification."""
-    ct = sitk.GetArrayViewFromImage(volumes.ct)
-    suv = sitk.GetArrayViewFromImage(volumes.suv)
-    carina = _carina_index(station_map, anatomy, volumes.ct)
-    blood_pool = lesion_mod.blood_pool_region(anatomy, suv, carina)
-    liver = lesion_mod.liver_region(anatomy, suv, ct)
-    warnings: list[str] = []
-    if blood_pool.suvmean is None:
-        warnings.append(f"blood pool {blood_pool.source}; node positivity uses the SUVmax threshold alone")
-    vml = float(np.prod(volumes.ct.GetSpacing())) / 1000.0
-    sp = np.array(volumes.ct.GetSpacing()[::-1])
-    ls = settings.lesions
-    if ls.backend == "nnunet":
-        from pipeline.lesions_nnunet import predict_lesion_mask
-
-        mask = predict_lesion_mask(volumes, ls.nnunet)
-        threshold, rule = float("nan"), f"nnU-Net model {ls.nnunet.model_dir}"
-    else:
-        threshold, rule = lesion_mod.threshold_for(ls, liver)
-        mask, excluded = lesion_mod.candidate_mask(suv, ct, anatomy, threshold, ls)
-        rule += f"; inside the body; excluding {', '.join(excluded) or 'no organ (none in the anatomy)'}"
-    labels, n = lesion_mod.components(mask, vml, ls.min_volume_ml)
-    organs, _ = lesion_mod.physiologic_mask(anatomy, ls)
-    labels, n, dropped = lesion_mod.drop_spill_over(labels, n, suv, organs, sp)
-    if dropped:
-        logger.info("%d candidate(s) dropped as spill-over from physiologic uptake", dropped)
-    if ls.split_touching:
-        lung = _lungs(anatomy)
-        labels, n = lesion_mod.split_at_lung_border(labels, n, lung, suv, sp, vml, ls.min_volume_ml)
-    enlarged = lesion_mod.enlarged_ct_candidates(volumes, anatomy, station_map, labels > 0, settings.positivity)
-    lesions, out_labels, w = lesion_mod.measure_and_classify(
-        volumes, anatomy, station_map, labels, n, ls, settings.positivity, blood_pool, study_uid, enlarged)
-    warnings += w
-    pos = settings.positivity
-    positivity_rule = (f"node positive when SUVmax >= {pos.min_suvmax:g}"
-                       + (" and SUVmax > blood-pool SUVmean (descending aorta)" if pos.above_blood_pool else "")
-                       + f"; short axis >= {pos.enlarged_short_axis_mm:g} mm without avidity is reported as "
-                       "'enlarged, not FDG-avid' and does not count")
-    label_img = sitk.GetImageFromArray(out_labels)
-    label_img.CopyInformation(volumes.ct)
-    return lesion_mod.LesionFindings(lesions, label_img, blood_pool, liver, threshold, rule, positivity_rule, warnings)
-
-
 def findings_version(settings: PipelineSettings) -> str:
     if settings.lesions.backend == "nnunet":
         import nnunetv2
@@ -176,19 +144,12 @@ def findings_version(settings: PipelineSettings) -> str:
     return __version__
 
 
-def _lungs(anatomy) -> np.ndarray | None:
-    from pipeline import anatomy_names as an
-
-    out = None
-    for name in (an.LUNG_LEFT, an.LUNG_RIGHT):
-        m = anatomy.mask(name)
-        if m is not None:
-            out = m.copy() if out is None else out | m
-    return out
-
-
 def _landmark_dict(lm) -> dict:
     return lm.to_dict() if hasattr(lm, "to_dict") else dict(lm.__dict__)
+
+
+def _round(v: float | None, nd: int = 4) -> float | None:
+    return None if v is None else round(float(v), nd)
 
 
 def _unique(items: list[str]) -> list[str]:

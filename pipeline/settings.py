@@ -33,28 +33,49 @@ class LesionSettings(_Strict):
     threshold: Literal["fixed", "percist_liver"] = Field(
         default="fixed", description="fixed SUV, or PERCIST-like 1.5 x liver SUVmean + 2 SD")
     fixed_suv: float = Field(default=2.5, gt=0)
-    min_volume_ml: float = Field(default=0.3, ge=0, description="smaller components are dropped as noise")
+    min_pet_voxels: int = Field(default=3, ge=1, description="a focus must cover at least this many PET voxels")
+    min_volume_ml: float = Field(default=0.0, ge=0, description="an extra floor on volume (ml) besides min_pet_voxels")
     exclude_physiologic: tuple[str, ...] = Field(
         default=("heart", "kidney_left", "kidney_right", "urinary_bladder", "brain"),
         description="anatomy structures whose uptake is physiologic; candidates inside them are dropped")
-    split_touching: bool = Field(default=True, description="split a node from an abutting primary at the lung border")
+    split_peaks: bool = Field(default=True, description="split a component at its SUV peaks (watershed) before "
+                              "any shape test, so a node touching esophageal or tumour uptake is seen on its own")
+    peak_min_prominence_suv: float = Field(default=1.0, ge=0, description="a peak is separate when it rises at "
+                                           "least this much (SUV) above the saddle to its neighbour ...")
+    peak_min_prominence_fraction: float = Field(default=0.4, ge=0, lt=1, description="... and this fraction of "
+                                                "its own SUV (so noise on a hot plateau does not split it)")
+    pet_fwhm_mm: float = Field(default=7.0, gt=0, description="PET resolution: CT is smoothed to it for the "
+                               "brown-fat test, and peaks closer than this are one peak")
     primary_choice: Literal["largest_tlg", "highest_suvmax", "largest_volume"] = Field(
         default="largest_tlg", description="how one primary is chosen among several intrapulmonary candidates")
     nnunet: NnUnetLesionSettings = Field(default_factory=NnUnetLesionSettings)
 
 
 class PositivitySettings(_Strict):
-    """DESIGN.md §4 default: SUVmax >= 2.5 and > blood-pool SUVmean; enlarged = short axis >= 10 mm."""
+    """How a nodal focus is read: positive / equivocal / negative (pipeline.lesions.reading, DESIGN.md §4)."""
 
-    min_suvmax: float = Field(default=2.5, gt=0)
-    above_blood_pool: bool = True
+    second_criterion: Literal["percist_liver_suvpeak", "suvmax_cutoff"] = Field(
+        default="percist_liver_suvpeak", description="besides SUVmax > blood pool: SUVpeak > 1.5 x liver mean + "
+        "2 SD (PERCIST), or SUVmax >= min_suvmax (an absolute cut-off)")
+    min_suvmax: float = Field(default=2.5, gt=0, description="the absolute SUVmax cut-off (suvmax_cutoff, and the "
+                              "fallback when the liver reference is missing and the uptake time is standard)")
+    min_reliable_short_axis_mm: float = Field(default=10.0, gt=0, description="below this (about 2 x PET "
+                                              "resolution) SUVpeak is diluted by partial volume: SUVmax is read "
+                                              "instead, and a node failing it is equivocal, 'too small'")
     enlarged_short_axis_mm: float = Field(default=10.0, gt=0)
+    uptake_window_min: tuple[float, float] = Field(default=(45.0, 75.0), description="standard uptake time (min); "
+                                                   "outside it a warning goes on every output")
+    liver_cv_warning: float = Field(default=0.30, gt=0, description="liver reference CV above which the image is "
+                                    "called noisy")
 
 
 class OutputSettings(_Strict):
     research_note: bool = Field(default=True, description="'research use, not for diagnosis' in series descriptions")
     station_seg: bool = Field(default=False, description="also write a SEG of the station map")
     series_number_base: int = Field(default=9000, ge=1, description="SEG = base, SR = base+1, summary = base+2, stations = base+3")
+    show_other: bool = Field(default=False, description="summary: also draw physiologic, negative and other uptake")
+    seg_all_findings: bool = Field(default=False, description="SEG and SR: every finding, not only the primary and the "
+                                   "positive, equivocal and enlarged non-avid nodes")
 
 
 class PipelineSettings(_Strict):

@@ -8,7 +8,10 @@ measures each lesion on the SUV volume, and stages N with `pipeline.staging`.
 connected SUV ≥ 40 % SUVmax region around the known right hilar mass, and one
 *synthetic* node sphere is added so that node segments are exercised too.
 
-These stand in for `pipeline.run.run_study` until it exists.
+`result_from_phantom(..., equivocal=("7",), physiologic=True)` reads the named truth
+nodes as equivocal (three-tier reading: N from the positive ones, and the N category
+if the equivocal ones were positive) and adds a physiologic focus (bone marrow, in
+the spine) and a distant focus, so the writers' selection rules are exercised.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from scipy import ndimage
 
 from pipeline.staging import stage, station_side
 from pipeline.study import Volumes, load_study
-from pipeline.study_result import BackendInfo, Lesion, StudyResult
+from pipeline.study_result import BackendInfo, Lesion, LesionKind, NodeStatus, PhysiologicSite, StudyResult
 
-POSITIVITY_RULE = "positive: SUVmax ≥ 2.5 and SUVmax > mediastinal blood-pool SUVmean; enlarged: short axis ≥ 10 mm"
-STATUS_BY_ROLE = {"positive": "positive", "enlarged_nonavid": "enlarged, not FDG-avid",
-                  "small_subthreshold": "negative"}
+POSITIVITY_RULE = ("positive: SUVmax > blood pool and SUVpeak > 1.5 x liver SUVmean + 2 SD; equivocal: above "
+                   "blood pool otherwise; enlarged: short axis ≥ 10 mm (test factory)")
+STATUS_BY_ROLE = {"positive": NodeStatus.POSITIVE, "enlarged_nonavid": NodeStatus.ENLARGED_NON_AVID,
+                  "small_subthreshold": NodeStatus.NEGATIVE}
 PEAK_RADIUS_MM = 6.2  # a 1 cm³ sphere
+# Extra findings painted by `physiologic=True`: (kind, site, centre LPS mm, radius mm).
+PHANTOM_SPINE_FOCUS = (LesionKind.PHYSIOLOGIC, PhysiologicSite.BONE_MARROW, (0.0, 60.0, -40.0), 7.0)
+PHANTOM_DISTANT_FOCUS = (LesionKind.DISTANT, None, (40.0, 20.0, -140.0), 8.0)
 
 
 def _ellipsoid_box(image: sitk.Image, center, semi) -> tuple[tuple[slice, ...], np.ndarray]:
@@ -67,8 +74,10 @@ def _measure(mask: np.ndarray, suv: np.ndarray, image: sitk.Image) -> dict:
     centroid = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in centre_idx))
     suvmean = float(values.mean())
     mtv = float(mask.sum()) * voxel_ml
+    peak_mm = image.TransformIndexToPhysicalPoint(tuple(int(v) for v in k[::-1]))
     return dict(suvmax=float(values.max()), suvpeak=peak, suvmean=suvmean, mtv_ml=mtv, tlg=suvmean * mtv,
-                voxel_count=int(mask.sum()), centroid_mm=tuple(float(v) for v in centroid))
+                voxel_count=int(mask.sum()), centroid_mm=tuple(float(v) for v in centroid),
+                peak_mm=tuple(float(v) for v in peak_mm))
 
 
 def _uid(*parts) -> str:
@@ -92,11 +101,24 @@ def _station_map(ct: sitk.Image, sites: dict[str, tuple[float, float, float]], r
     return _label_image(ct, labels), values
 
 
+def _station_status(lesions: list[Lesion]) -> dict[str, str]:
+    """Station -> status of its most avid node (the rule of StudyResult.station_status)."""
+    best: dict[str, Lesion] = {}
+    for l in lesions:
+        if l.kind == LesionKind.NODE and l.station and (l.station not in best or l.suvmax > best[l.station].suvmax):
+            best[l.station] = l
+    return {s: str(l.status) for s, l in best.items()}
+
+
 def _result(volumes: Volumes, lesions: list[Lesion], labels: np.ndarray, primary_side: str | None,
             landmarks: list[dict], station_img=None, station_values=None, blood_pool: float = 1.8) -> StudyResult:
-    positive = [l.station for l in lesions if l.kind == "node" and l.positive and l.station]
+    nodes = [l for l in lesions if l.kind == LesionKind.NODE and l.station]
+    positive = [l.station for l in nodes if l.positive]
+    equivocal = sorted({l.station for l in nodes if l.equivocal} - set(positive))
     staging = stage(primary_side, positive)
+    if_equivocal = stage(primary_side, positive + equivocal) if equivocal else None
     sel = volumes.selection
+    liver_mean, liver_sd = 2.2, 0.3
     return StudyResult(
         study_instance_uid=_study_uid(volumes),
         ct_series_uid=sel.ct.series_instance_uid,
@@ -109,7 +131,15 @@ def _result(volumes: Volumes, lesions: list[Lesion], labels: np.ndarray, primary
         lesions=lesions,
         landmarks=landmarks,
         not_assessable={"14R": "subsegmental stations are not mapped (test factory)"},
-        reference_regions={"blood_pool": {"suvmean": blood_pool, "where": "descending aorta (test factory)"}},
+        reference_regions={
+            "blood_pool": {"name": "blood_pool", "suvmean": blood_pool, "suvsd": 0.2, "voxels": 900,
+                           "source": "descending aorta (test factory)"},
+            "liver": {"name": "liver", "suvmean": liver_mean, "suvsd": liver_sd, "cv": liver_sd / liver_mean,
+                      "voxels": 1200, "source": "3 cm sphere, right lobe (test factory)"}},
+        equivocal_stations=equivocal,
+        n_tnm8_if_equivocal_positive=if_equivocal.n_tnm8 if if_equivocal else None,
+        n_tnm9_if_equivocal_positive=if_equivocal.n_tnm9 if if_equivocal else None,
+        station_status=_station_status(lesions),
         positivity_rule=POSITIVITY_RULE,
         backends={"anatomy": BackendInfo("test-factory-truth", "0", {"source": "phantom truth"}),
                   "lesions": BackendInfo("test-factory-truth", "0", {"paint": "ellipsoids"})},
@@ -130,9 +160,13 @@ def _study_uid(volumes: Volumes) -> str:
                .StudyInstanceUID)
 
 
-def result_from_phantom(study_dir: str | Path, volumes: Volumes | None = None,
-                        with_station_map: bool = True) -> StudyResult:
-    """A StudyResult for a phantom study folder (with truth.json), as run_study would give."""
+def result_from_phantom(study_dir: str | Path, volumes: Volumes | None = None, with_station_map: bool = True,
+                        equivocal: tuple[str, ...] = (), physiologic: bool = False) -> StudyResult:
+    """A StudyResult for a phantom study folder (with truth.json), as run_study would give.
+
+    Truth nodes in the `equivocal` stations are read as equivocal; `physiologic` adds a
+    bone-marrow focus and a distant focus.
+    """
     from pipeline.phantom import STATION_SITES
 
     study_dir = Path(study_dir)
@@ -151,14 +185,15 @@ def result_from_phantom(study_dir: str | Path, volumes: Volumes | None = None,
         mask = labels == value
         m = _measure(mask, suv, ct)
         if t["kind"] == "primary":
-            kind, tracking, status, positive, station = "primary", "Primary tumour", "not a node", True, None
+            kind, tracking, status, positive, station = LesionKind.PRIMARY, "Primary tumour", NodeStatus.NOT_A_NODE, \
+                True, None
             rule = "intrapulmonary FDG-avid mass (phantom truth)"
         else:
             node_number += 1
-            kind, station = "node", t["station"]
+            kind, station = LesionKind.NODE, t["station"]
             tracking = f"Node {node_number} ({station})"
-            status = STATUS_BY_ROLE[t["role"]]
-            positive = status == "positive"
+            status = NodeStatus.EQUIVOCAL if station in equivocal else STATUS_BY_ROLE[t["role"]]
+            positive = status == NodeStatus.POSITIVE
             rule = (f"SUVmax {m['suvmax']:.2f} {'≥' if m['suvmax'] >= 2.5 else '<'} 2.5; "
                     f"short axis {t['short_axis_mm']:.1f} mm → {status}")
         lesions.append(Lesion(
@@ -169,7 +204,20 @@ def result_from_phantom(study_dir: str | Path, volumes: Volumes | None = None,
             voxel_count=m["voxel_count"], station=station,
             side=t["side"] if kind == "primary" else (station_side(station) if station else None),
             lobe=truth["primary"]["lobe"] if kind == "primary" else None,
-            status=status, positive=positive, rule=rule))
+            status=status, positive=positive, rule=rule, peak_mm=m["peak_mm"]))
+    if physiologic:
+        for kind, site, centre, radius in (PHANTOM_SPINE_FOCUS, PHANTOM_DISTANT_FOCUS):
+            value = int(labels.max()) + 1
+            box, inside = _ellipsoid_box(ct, centre, (radius,) * 3)
+            region = labels[box]
+            region[inside & (region == 0)] = value
+            m = _measure(labels == value, suv, ct)
+            lesions.append(Lesion(
+                index=value - 1, label_value=value, kind=kind, tracking_id=f"{str(kind).capitalize()} {value}",
+                tracking_uid=_uid(truth["dicom"]["study_instance_uid"], "lesion", value - 1),
+                centroid_mm=m["centroid_mm"], suvmax=m["suvmax"], suvpeak=m["suvpeak"], suvmean=m["suvmean"],
+                mtv_ml=m["mtv_ml"], tlg=m["tlg"], short_axis_mm=2 * radius, voxel_count=m["voxel_count"],
+                physiologic_site=site, rule="painted by the test factory", peak_mm=m["peak_mm"]))
     landmarks = [{"name": name, "z_mm": z, "proxy": "phantom analytic landmark"}
                  for name, z in truth["landmarks_mm"].items()][:4]
     station_img, station_values = (_station_map(ct, STATION_SITES) if with_station_map else (None, None))
@@ -206,9 +254,9 @@ def result_from_real_study(study_dir: str | Path) -> StudyResult:
     region[inside & (region == 0)] = 2
     study_uid = _study_uid(volumes)
     lesions = []
-    for value, kind in ((1, "primary"), (2, "node")):
+    for value, kind in ((1, LesionKind.PRIMARY), (2, LesionKind.NODE)):
         m = _measure(labels == value, suv, ct)
-        node = kind == "node"
+        node = kind == LesionKind.NODE
         lesions.append(Lesion(
             index=value - 1, label_value=value, kind=kind,
             tracking_id="Node 1 (7)" if node else "Primary tumour",
@@ -216,7 +264,8 @@ def result_from_real_study(study_dir: str | Path) -> StudyResult:
             suvpeak=m["suvpeak"], suvmean=m["suvmean"], mtv_ml=m["mtv_ml"], tlg=m["tlg"],
             short_axis_mm=12.0 if node else 40.0, voxel_count=m["voxel_count"], station="7" if node else None,
             side=None if node else "right", lobe=None if node else "lung_upper_lobe_right",
-            status="negative" if node else "not a node", positive=not node,
+            status=NodeStatus.EQUIVOCAL if node else NodeStatus.NOT_A_NODE, positive=not node,
+            peak_mm=m["peak_mm"],
             rule="synthetic node painted by the test factory" if node else "SUV >= 40 % SUVmax region"))
     landmarks = [{"name": "carina", "z_mm": -150.0, "proxy": "test factory"}]
     result = _result(volumes, lesions, labels, "right", landmarks)
@@ -237,7 +286,7 @@ def outputs_for(study_dir: str | Path, station_seg: bool = True) -> tuple[StudyR
     study_dir = Path(study_dir)
     key = f"{study_dir}|{station_seg}"
     if key not in _OUTPUTS:
-        result = result_from_phantom(study_dir)
+        result = result_from_phantom(study_dir, physiologic=True)  # hidden findings exercise the selection
         out_dir = study_dir.parent / f"{study_dir.name}-outputs{'-st' if station_seg else ''}"
         paths = write_outputs(result, out_dir, OutputSettings(station_seg=station_seg))
         _OUTPUTS[key] = (result, paths)

@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from pipeline import anatomy_names as an
+from pipeline.anatomy import names as an
 from pipeline.anatomy import CARINA, SPINE, AnatomySettings, segment
 
 LIDC = Path("ct/lidc-idri-0001")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline import anatomy_names as an
+from pipeline.anatomy import names as an
 from pipeline.anatomy import (
     CARINA,
     OWN_LABELS,
@@ -28,9 +28,9 @@ from pipeline.anatomy import (
     TotalSegSettings,
     segment,
 )
-from pipeline.anatomy_totalseg import (
+from pipeline.anatomy.totalseg import (
     ROI_SUBSET,
-    _classical_extras,
+    add_classical_extras,
     affine_ras,
     from_nifti,
     required_models,
@@ -224,7 +224,7 @@ def test_extras_on_a_totalsegmentator_label_map(shared_data):
     trachea_before = arr == 16
     notes: list[str] = []
     landmarks: dict = {}
-    added = _classical_extras(ct, arr, names, None, notes, landmarks)
+    added = add_classical_extras(ct, arr, names, None, notes, landmarks)
     assert {an.BODY, an.MAIN_BRONCHUS_LEFT, an.MAIN_BRONCHUS_RIGHT, CARINA} <= set(added)
     carina_z = landmarks[CARINA][2]
     ks = np.nonzero((arr == 16).any(axis=(1, 2)))[0]

@@ -69,11 +69,15 @@ def test_seg_reads_back_voxel_for_voxel(case_outputs):
     assert ref_series == {result.ct_series_uid}
 
     planned = common.lesion_segments(result)
-    assert seg.number_of_segments == len(planned) == len(result.lesions)
+    key = [l for l in result.lesions if common.is_key_finding(l)]
+    assert len(key) < len(result.lesions)  # the factory adds physiologic and distant foci: not in the SEG
+    assert seg.number_of_segments == len(planned) == len(key)
+    assert {p.lesion.label_value for p in planned} == {l.label_value for l in key}
     for p in planned:
         desc = seg.get_segment_description(p.number)
         assert desc.tracking_uid == p.lesion.tracking_uid
         assert desc.tracking_id == p.lesion.tracking_id
+        assert desc.segment_label == common.segment_label(p.lesion)
         prop = desc.segmented_property_type
         if p.lesion.kind == "primary":
             assert p.number == 1 and prop.value == codes.NEOPLASM_PRIMARY.value
@@ -92,7 +96,8 @@ def test_seg_reads_back_voxel_for_voxel(case_outputs):
             else:
                 assert "AnatomicRegionModifierSequence" not in region
 
-    # Only non-empty frames, and every voxel equal to our label map (via the source instances).
+    # Only non-empty frames, and every voxel equal to our label map (via the source instances):
+    # the SEG references the run of CT slices from the first to the last that holds a segment.
     assert int(seg.NumberOfFrames) < len(result.volumes.ct_files) * len(planned)
     sop_uids = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
                 for f in result.volumes.ct_files]
@@ -101,9 +106,14 @@ def test_seg_reads_back_voxel_for_voxel(case_outputs):
     for p in planned:
         lut[p.lesion.label_value] = p.number
     expected = lut[ours]
-    read = seg.get_pixels_by_source_instance(sop_uids, combine_segments=True, skip_overlap_checks=True)
-    assert read.shape == expected.shape
-    assert np.array_equal(read, expected)
+    referenced = {i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                  for i in s.ReferencedInstanceSequence}
+    held = [k for k in range(len(sop_uids)) if expected[k].any()]
+    occupied = list(range(held[0], held[-1] + 1))
+    assert referenced == {sop_uids[k] for k in occupied}
+    read = seg.get_pixels_by_source_instance([sop_uids[k] for k in occupied], combine_segments=True,
+                                             skip_overlap_checks=True)
+    assert np.array_equal(read, expected[occupied])
 
 
 @pytest.mark.parametrize("case_outputs", CASES, indirect=True)
@@ -131,7 +141,7 @@ def test_sr_reads_back_with_references_that_resolve(case_outputs):
     segments = {int(s.SegmentNumber): s.TrackingUID for s in seg.SegmentSequence}
     groups = sr.content.get_volumetric_roi_measurement_groups()
     by_uid = {l.tracking_uid: l for l in result.lesions}
-    assert len(groups) == len(result.lesions)
+    assert len(groups) == len(common.lesion_segments(result)) < len(result.lesions)
     for g in groups:
         lesion = by_uid[g.tracking_uid]
         assert g.tracking_identifier == lesion.tracking_id
@@ -160,11 +170,12 @@ def test_sr_reads_back_with_references_that_resolve(case_outputs):
             assert lesion.station in sites and codes.station_anatomy(lesion.station).value in sites
             (status,) = g.get_qualitative_evaluations()
             assert status.value == codes.NODE_STATUSES[lesion.status]
+            assert lesion.status in ("positive", "equivocal", "enlarged_non_avid")
         else:
             assert g.finding_type == codes.NEOPLASM_PRIMARY
 
     # The N stage: in the staging group and in the document-level Qualitative Evaluations.
-    (staging,) = sr.content.get_image_measurement_groups()
+    (staging,) = [g for g in sr.content.get_image_measurement_groups() if g.tracking_identifier == "N staging"]
     evaluations = [(e.name.value, e.value.value) for e in staging.get_qualitative_evaluations()]
     assert ("NCAT-TNM8", study.truth["expected"]["n_tnm8"]) in evaluations
     assert ("NCAT-TNM9", study.truth["expected"]["n_tnm9"]) in evaluations
@@ -198,9 +209,10 @@ def test_summary_reads_back_and_matches_the_png(case_outputs):
     assert pixels.std() > 20  # not blank
     flat = pixels.reshape(-1, 3).astype(np.int64)
     colours = set(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]).tolist())
-    for lesion in result.lesions:  # each lesion's category colour is drawn
-        r, g, b = common.COLOURS[common.lesion_category(lesion)]
-        assert (r << 16 | g << 8 | b) in colours, lesion.tracking_id
+    for lesion in result.lesions:  # each key finding's category colour is drawn
+        if common.is_key_finding(lesion):
+            r, g, b = common.COLOURS[common.lesion_category(lesion)]
+            assert (r << 16 | g << 8 | b) in colours, lesion.tracking_id
 
 
 @pytest.mark.parametrize("case_outputs", CASES[:3], indirect=True)
@@ -261,7 +273,8 @@ def test_writers_refuse_inconsistent_inputs(phantom_studies):
     other, other_paths = outputs_for(phantom_studies["n1_right_hilar"].out_dir)
     with pytest.raises(ValueError, match="SEG and result disagree"):
         build_sr(result, other_paths["seg"])
-    ghost = dataclasses.replace(result.lesions[-1], index=99, label_value=99, tracking_id="Node 9 (7)",
+    key = [l for l in result.lesions if common.is_key_finding(l)]
+    ghost = dataclasses.replace(key[-1], index=99, label_value=99, tracking_id="Node 9 (7)",
                                 tracking_uid="1.2.3.4")
     broken = dataclasses.replace(result, lesions=[*result.lesions, ghost])
     with pytest.raises(ValueError, match="without any voxel"):
@@ -283,13 +296,15 @@ def test_a_study_without_lesions_gets_an_sr_and_a_summary_but_no_seg(phantom_stu
     staging = stage(None, [])
     result = dataclasses.replace(full, lesions=[], lesion_labels=empty, n_tnm8=staging.n_tnm8,
                                  n_tnm9=staging.n_tnm9, involved_stations=[], staging=staging.to_dict(),
-                                 primary_side=None, warnings=[], outputs={})
+                                 primary_side=None, warnings=[], outputs={}, station_status={},
+                                 equivocal_stations=[], n_tnm8_if_equivocal_positive=None,
+                                 n_tnm9_if_equivocal_positive=None)
     paths = write_outputs(result, tmp_path / "out", OutputSettings())
     assert "seg" not in paths and any("no lesion SEG" in w for w in result.warnings)
     for name in ("sr", "summary"):
         assert dciodvfy(paths[name])[1] == []
     sr = hd.sr.srread(paths["sr"])
     assert sr.content.get_volumetric_roi_measurement_groups() == []
-    (staging_group,) = sr.content.get_image_measurement_groups()
+    (staging_group,) = sr.content.get_image_measurement_groups()  # no node: no station group either
     assert [e.value.value for e in staging_group.get_qualitative_evaluations()] == ["N0", "N0"]
     assert np.asarray(pydicom.dcmread(paths["summary"]).pixel_array).std() > 20

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline import phantom
-from pipeline.outputs import write_outputs
+from pipeline.outputs import common, write_outputs
 from pipeline.settings import OutputSettings
 from tests.result_factory import dciodvfy, result_from_phantom
 
@@ -28,7 +28,8 @@ def test_full_size_outputs_are_small_and_fast(tmp_path):
     seg = pydicom.dcmread(paths["seg"], stop_before_pixels=True)
     # Only non-empty frames: exactly one frame per (segment, slice) pair that holds a voxel.
     labels = sitk.GetArrayViewFromImage(result.lesion_labels)
-    occupied = sum(int(np.any(labels == l.label_value, axis=(1, 2)).sum()) for l in result.lesions)
+    occupied = sum(int(np.any(labels == p.lesion.label_value, axis=(1, 2)).sum())
+                   for p in common.lesion_segments(result))
     assert int(seg.NumberOfFrames) == occupied
     assert sizes["seg"] < 4 * MB
     assert sizes["sr"] < 1 * MB

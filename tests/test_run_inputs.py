@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from pipeline.run import run_study
 from pipeline.settings import LesionSettings, NnUnetLesionSettings, PipelineSettings
-from pipeline.lesions_nnunet import LesionModelError
+from pipeline.lesions.nnunet import LesionModelError
 from tests.nnunet_fake import write_fake_model
 
 

@@ -2,8 +2,10 @@
 
 `write_outputs(result, out_dir, settings)` writes, under `out_dir`:
 
-    dicom/seg.dcm            lesion SEG (BINARY), series number = settings.series_number_base
-                             (absent when there is no lesion: a SEG needs a segment)
+    dicom/seg.dcm            lesion SEG (BINARY), series number = settings.series_number_base: the
+                             primary and the positive, equivocal and enlarged non-avid nodes
+                             (every finding with settings.seg_all_findings); absent when there is
+                             none, since a SEG needs a segment
     dicom/sr.dcm             Comprehensive 3D SR, TID 1500 (base + 1)
     dicom/summary.dcm        Secondary Capture, RGB (base + 2)
     dicom/stations_seg.dcm   station-map SEG (base + 3), only when settings.station_seg
@@ -47,12 +49,12 @@ def write_outputs(result: StudyResult, out_dir: str | Path, settings: OutputSett
     paths: dict[str, Path] = {}
 
     seg = None
-    if lesion_segments(result):
+    if lesion_segments(result, settings):
         seg = build_lesion_seg(result, ct, settings)
         paths["seg"] = dicom_dir / "seg.dcm"
         seg.save_as(paths["seg"])
-    else:  # a SEG needs a segment; the SR and the summary still say "no lesion found"
-        result.warnings.append("no lesion found: no lesion SEG written")
+    else:  # a SEG needs a segment; the SR and the summary still say what was (not) found
+        result.warnings.append("no primary tumour and no avid or enlarged node: no lesion SEG written")
     paths["sr"] = write_sr(result, seg, settings, dicom_dir / "sr.dcm", source_ct=ct, source_pet=pet)
     paths["summary"], paths["summary_png"] = write_summary(
         result, dicom_dir / "summary.dcm", out_dir / "summary.png", settings, source_ct=ct)

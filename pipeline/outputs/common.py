@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from scipy import ndimage
 from highdicom import AlgorithmIdentificationSequence
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import pipeline
 from pipeline.settings import OutputSettings
-from pipeline.study_result import Lesion, StudyResult
+from pipeline.study_result import Lesion, LesionKind, NodeStatus, StudyResult
 
 MANUFACTURER = "nodestage"
 MODEL_NAME = "nodestage"
@@ -28,21 +30,42 @@ DEVICE_SERIAL_NUMBER = "1"
 ALGORITHM_NAME = "nodestage"
 RESEARCH_NOTE = "research use, not for diagnosis"
 
-# Display colours by category (RGB), shared by the SEG and the summary image.
+class Category(StrEnum):
+    """How a finding is shown and coloured: its kind, and for nodes their status."""
+
+    PRIMARY = "primary"
+    POSITIVE = "positive"
+    EQUIVOCAL = "equivocal"
+    ENLARGED_NON_AVID = "enlarged_non_avid"
+    NEGATIVE = "negative"
+    PHYSIOLOGIC = "physiologic"
+    OTHER = "other"  # lung_other, outside_stations, distant, other
+
+
+# Display colours by category (RGB), shared by the SEG and the summary image. Chosen to stay
+# apart on the white MIP and on the fused PET/CT (no yellow: it vanishes in both).
 COLOURS = {
-    "primary": (230, 40, 40),
-    "positive": (255, 140, 0),
-    "enlarged, not FDG-avid": (30, 110, 255),
-    "negative": (20, 160, 60),
-    "other": (160, 60, 200),
+    Category.PRIMARY: (220, 30, 30),
+    Category.POSITIVE: (255, 120, 0),
+    Category.EQUIVOCAL: (180, 50, 220),
+    Category.ENLARGED_NON_AVID: (30, 110, 255),
+    Category.NEGATIVE: (20, 160, 60),
+    Category.PHYSIOLOGIC: (120, 120, 120),
+    Category.OTHER: (0, 150, 160),
 }
 CATEGORY_LABELS = {
-    "primary": "primary tumour",
-    "positive": "positive node",
-    "enlarged, not FDG-avid": "enlarged, not FDG-avid",
-    "negative": "negative node",
-    "other": "other lesion",
+    Category.PRIMARY: "primary tumour",
+    Category.POSITIVE: "positive node",
+    Category.EQUIVOCAL: "equivocal node",
+    Category.ENLARGED_NON_AVID: "enlarged, not FDG-avid",
+    Category.NEGATIVE: "negative node",
+    Category.PHYSIOLOGIC: "physiologic uptake",
+    Category.OTHER: "other uptake",
 }
+# What a radiologist needs by default: the primary and every node that is not plainly negative.
+KEY_CATEGORIES = (Category.PRIMARY, Category.POSITIVE, Category.EQUIVOCAL, Category.ENLARGED_NON_AVID)
+CATEGORY_ORDER = {c: i for i, c in enumerate(Category)}
+_LEGACY_STATUS = {"enlarged, not FDG-avid": NodeStatus.ENLARGED_NON_AVID, "not a node": NodeStatus.NOT_A_NODE}
 
 
 def software_version() -> str:
@@ -131,17 +154,70 @@ def check_slice_order(image: sitk.Image, datasets: Sequence[Dataset], tolerance_
             raise ValueError(f"CT instance {k + 1} orientation {iop.tolist()} differs from the label map's")
 
 
-def lesion_category(lesion: Lesion) -> str:
-    """'primary', 'positive', 'enlarged, not FDG-avid', 'negative' or 'other' (colour and legend key)."""
-    if lesion.kind == "primary":
-        return "primary"
-    if lesion.kind == "node":
-        if lesion.positive or lesion.status == "positive":
-            return "positive"
-        if lesion.status == "enlarged, not FDG-avid":
-            return "enlarged, not FDG-avid"
-        return "negative"
-    return "other"
+def node_status(lesion: Lesion) -> NodeStatus:
+    """The lesion's status as a NodeStatus (older results carried free-text strings)."""
+    value = lesion.status
+    if isinstance(value, NodeStatus):
+        return value
+    try:
+        return NodeStatus(value)
+    except ValueError:
+        return _LEGACY_STATUS.get(str(value), NodeStatus.NOT_A_NODE)
+
+
+def lesion_category(lesion: Lesion) -> Category:
+    """The display and selection category of a finding (colour, legend key, SEG and summary choice)."""
+    if lesion.kind == LesionKind.PRIMARY:
+        return Category.PRIMARY
+    if lesion.kind == LesionKind.PHYSIOLOGIC:
+        return Category.PHYSIOLOGIC
+    if lesion.kind != LesionKind.NODE:
+        return Category.OTHER
+    status = node_status(lesion)
+    if lesion.positive or status == NodeStatus.POSITIVE:
+        return Category.POSITIVE
+    if status == NodeStatus.EQUIVOCAL:
+        return Category.EQUIVOCAL
+    if status == NodeStatus.ENLARGED_NON_AVID:
+        return Category.ENLARGED_NON_AVID
+    return Category.NEGATIVE
+
+
+def is_key_finding(lesion: Lesion) -> bool:
+    """The primary, and positive, equivocal or enlarged non-avid nodes: what every output shows."""
+    return lesion_category(lesion) in KEY_CATEGORIES
+
+
+def lesion_name(lesion: Lesion) -> str:
+    """'Node 2' from the tracking ID 'Node 2 (4R)'; 'Primary tumour' stays as it is."""
+    return lesion.tracking_id.split(" (", 1)[0].strip() or lesion.tracking_id
+
+
+def lesion_site(lesion: Lesion) -> str:
+    """Where a finding is, in a few words: '4R', 'right upper lobe', 'bone marrow'."""
+    if lesion.kind == LesionKind.NODE and lesion.station:
+        return lesion.station
+    if lesion.lobe:
+        parts = lesion.lobe.removeprefix("lung_").split("_")  # lung_upper_lobe_right -> right upper lobe
+        return " ".join(parts[-1:] + parts[:-1]) if parts[-1] in ("right", "left") else " ".join(parts)
+    if lesion.physiologic_site is not None:
+        return str(lesion.physiologic_site).replace("_", " ")
+    if lesion.side:
+        return f"{lesion.side} lung" if lesion.kind in (LesionKind.PRIMARY, LesionKind.LUNG_OTHER) else lesion.side
+    return str(lesion.kind).replace("_", " ")
+
+
+SEGMENT_LABEL_MAX = 64  # SegmentLabel is LO
+
+
+def segment_label(lesion: Lesion) -> str:
+    """A label that reads well in a viewer's segment list: 'Node 2: 4R, SUVmax 6.1, positive'."""
+    category = lesion_category(lesion)
+    parts = [lesion_site(lesion), f"SUVmax {lesion.suvmax:.1f}"]
+    if category != Category.PRIMARY:
+        parts.append(CATEGORY_LABELS[category].removesuffix(" node").removesuffix(" uptake"))
+    text = f"{lesion_name(lesion)}: {', '.join(parts)}"
+    return text if len(text) <= SEGMENT_LABEL_MAX else text[:SEGMENT_LABEL_MAX - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -150,14 +226,36 @@ class PlannedSegment:
     lesion: Lesion
 
 
-def lesion_segments(result: StudyResult) -> list[PlannedSegment]:
-    """Segment numbers for the lesion SEG: the primary first, then nodes, then other lesions.
+def lesion_segments(result: StudyResult, settings: OutputSettings | None = None) -> list[PlannedSegment]:
+    """Segment numbers for the lesion SEG: the primary first, then nodes, then other findings.
 
-    The SR refers to these numbers, so both writers call this one function.
+    Only key findings (`is_key_finding`) unless `settings.seg_all_findings`: a viewer's
+    segment list of a hundred physiologic foci hides the three that matter. The SR refers
+    to these numbers, so both writers call this one function.
     """
-    order = {"primary": 0, "node": 1}
-    lesions = sorted(result.lesions, key=lambda l: (order.get(l.kind, 2), l.index))
+    settings = settings or OutputSettings()
+    order = {LesionKind.PRIMARY: 0, LesionKind.NODE: 1}
+    chosen = [l for l in result.lesions if settings.seg_all_findings or is_key_finding(l)]
+    lesions = sorted(chosen, key=lambda l: (order.get(l.kind, 2), l.index))
     return [PlannedSegment(n, lesion) for n, lesion in enumerate(lesions, start=1)]
+
+
+_BOXES_CACHE: list = []  # [(image, boxes)]: the last label map's boxes; the image is held so its id stays unique
+
+
+def label_boxes(labels: sitk.Image) -> dict[int, tuple[slice, slice, slice]]:
+    """Label value -> (z, y, x) bounding box of a label map, computed once per map.
+
+    The SEG, the SR and the summary each need the boxes of the same lesion map; one
+    pass over a 512 × 512 × N map is worth sharing.
+    """
+    for image, boxes in _BOXES_CACHE:
+        if image is labels:
+            return boxes
+    array = sitk.GetArrayViewFromImage(labels)
+    boxes = {v: box for v, box in enumerate(ndimage.find_objects(array), start=1) if box is not None}
+    _BOXES_CACHE[:] = [(labels, boxes)]
+    return boxes
 
 
 # Clinical Trial Subject module (PS3.3 C.7.1.3): Type 1 sponsor and protocol ID, and a

@@ -1,19 +1,23 @@
 """DICOM Segmentation (BINARY) of the lesions, and optionally of the IASLC station map.
 
-One segment per lesion, numbered by `common.lesion_segments` (primary first, then
-nodes), with DESIGN §5 codes:
+One segment per key finding (the primary and the positive, equivocal and enlarged
+non-avid nodes; every finding when `outputs.seg_all_findings`), numbered by
+`common.lesion_segments` (primary first, then nodes), with DESIGN §5 codes:
 
 - primary: category Morphologically Abnormal Structure, type Neoplasm, Primary,
   anatomic region = its lobe (or Lung) with a laterality modifier;
-- positive node: type Neoplasm, Secondary; a node that is not positive (enlarged
-  but not avid, or negative) is typed as an anatomical structure, Lymph node, so
-  that no reader mistakes it for a metastasis;
+- positive node: type Neoplasm, Secondary; a node that is not positive (equivocal,
+  enlarged but not avid, or negative) is typed as an anatomical structure, Lymph
+  node, so that no reader mistakes it for a metastasis;
 - every node: tracking ID "Node <n> (<station>)" and the lesion's tracking UID,
-  anatomic region = the station's CID 7600 concept with a laterality modifier.
+  anatomic region = the station's CID 7600 concept with a laterality modifier;
+- segment label for a viewer's list: "Node 2: 4R, SUVmax 6.1, positive" (LO, 64).
 
 BINARY, not LABELMAP: dcmtk 3.6.7 and dciodvfy do not know the LABELMAP SOP class
 (ENVIRONMENT.md). Frames are written against the source CT instances in slice
-order (checked), and empty frames are omitted.
+order (checked); only the run of slices that holds the segments is passed to
+highdicom (it handles every frame it is given, and a full CT is hundreds), and empty
+frames are omitted.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pipeline import codes
 from pipeline.outputs import common
 from pipeline.settings import OutputSettings
 from pipeline.staging import STATIONS
-from pipeline.study_result import Lesion, StudyResult
+from pipeline.study_result import Lesion, LesionKind, StudyResult
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +57,12 @@ def _with_laterality(region: CodedConcept, laterality: CodedConcept | None) -> C
 def lesion_anatomy(lesion: Lesion) -> CodedConcept | None:
     """Anatomic region (with laterality modifier where known) of one lesion; None if unknown."""
     laterality = codes.LATERALITY.get(lesion.side or "")
-    if lesion.kind == "node":
+    if lesion.kind == LesionKind.NODE:
         return _with_laterality(codes.station_anatomy(lesion.station),
                                 codes.station_laterality(lesion.station, lesion.side))
     if lesion.lobe:
         return _with_laterality(codes.LOBES.get(lesion.lobe, codes.LUNG), laterality)
-    if lesion.kind in ("primary", "lung_other"):
+    if lesion.kind in (LesionKind.PRIMARY, LesionKind.LUNG_OTHER):
         return _with_laterality(codes.LUNG, laterality)
     return None
 
@@ -66,25 +70,24 @@ def lesion_anatomy(lesion: Lesion) -> CodedConcept | None:
 def lesion_property(lesion: Lesion) -> tuple[CodedConcept, CodedConcept]:
     """(category, type) of a lesion's segment and SR finding."""
     category = common.lesion_category(lesion)
-    if category == "primary":
+    if category == common.Category.PRIMARY:
         return codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NEOPLASM_PRIMARY
-    if category == "positive":
+    if category == common.Category.POSITIVE:
         return codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NEOPLASM_SECONDARY
-    if lesion.kind == "node":
+    if lesion.kind == LesionKind.NODE:
         return codes.ANATOMICAL_STRUCTURE, codes.LYMPH_NODE
     return codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.LESION
 
 
-def _colour(category: str) -> CIELabColor:
+def _colour(category: common.Category) -> CIELabColor:
     return CIELabColor.from_rgb(*common.COLOURS[category])
 
 
 def _segment_description(number: int, lesion: Lesion, result: StudyResult) -> SegmentDescription:
     category, prop = lesion_property(lesion)
-    label = lesion.tracking_id if lesion.kind != "node" else f"{lesion.tracking_id} {common.lesion_category(lesion)}"
     return SegmentDescription(
         segment_number=number,
-        segment_label=label[:64],
+        segment_label=common.segment_label(lesion),
         segmented_property_category=category,
         segmented_property_type=prop,
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -96,29 +99,41 @@ def _segment_description(number: int, lesion: Lesion, result: StudyResult) -> Se
     )
 
 
-def _label_array(labels: sitk.Image, mapping: dict[int, int]) -> np.ndarray:
-    """The label image as a (slices, rows, columns) array of segment numbers."""
+def _label_array(labels: sitk.Image, mapping: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(slice indices, their (slices, rows, columns) array of segment numbers) for the run of
+    slices from the first to the last that holds a mapped label. Slices outside it would only
+    become omitted empty frames; inside it they are kept, so that the referenced source images
+    stay a regular volume (readers such as dcmqi derive the slice spacing from it)."""
     array = sitk.GetArrayViewFromImage(labels)
+    boxes = common.label_boxes(labels)
+    occupied = np.zeros(array.shape[0], bool)
+    for value in mapping:
+        box = boxes.get(value)
+        if box is not None:
+            occupied[box[0]] = True
+    held = np.flatnonzero(occupied)
+    slices = np.arange(held.min(), held.max() + 1) if len(held) else held
     top = max(mapping.values(), default=0)
     dtype = np.uint8 if top < 256 else np.uint16
-    lut = np.zeros(int(array.max()) + 1 if array.size else 1, dtype=dtype)
+    lut = np.zeros(max(mapping, default=0) + 1, dtype=dtype)
     for value, number in mapping.items():
-        if value < lut.size:
-            lut[value] = number
-    return lut[array.astype(np.int64, copy=False)]
+        lut[value] = number
+    sub = array[slices]
+    sub = np.where(sub < lut.size, sub, 0)
+    return slices, lut[sub.astype(np.intp, copy=False)]
 
 
 def _build(sources: list[Dataset], labels: sitk.Image, mapping: dict[int, int],
            descriptions: list[SegmentDescription], settings: OutputSettings, series_number: int,
            what: str, content_label: str, coding_schemes=None) -> Segmentation:
     common.check_slice_order(labels, sources)
-    array = _label_array(labels, mapping)
+    slices, array = _label_array(labels, mapping)
     present = set(np.unique(array).tolist()) - {0}
     missing = [d.SegmentLabel for d in descriptions if int(d.SegmentNumber) not in present]
     if missing:
         raise ValueError(f"segments without any voxel in the label map: {', '.join(missing)}")
     seg = Segmentation(
-        source_images=sources,
+        source_images=[sources[int(k)] for k in slices],
         pixel_array=array,
         segmentation_type=SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -147,9 +162,9 @@ def build_lesion_seg(result: StudyResult, source_ct: Sources = None,
     settings = settings or OutputSettings()
     if result.lesion_labels is None:
         raise ValueError("the StudyResult has no lesion label map")
-    planned = common.lesion_segments(result)
+    planned = common.lesion_segments(result, settings)
     if not planned:
-        raise ValueError("no lesion to segment: a SEG needs at least one segment")
+        raise ValueError("no finding to segment: a SEG needs at least one segment")
     sources = common.source_ct(result, source_ct)
     mapping = {p.lesion.label_value: p.number for p in planned}
     descriptions = [_segment_description(p.number, p.lesion, result) for p in planned]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.anatomy import Anatomy, AnatomyError, LabelmapSettings, check_ct, labels_image
+from pipeline.anatomy.model import Anatomy, AnatomyError, LabelmapSettings, check_ct, labels_image
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def resample_to_ct(labels: sitk.Image, ct: sitk.Image) -> np.ndarray:
 
 def segment_labelmap(ct: sitk.Image, settings: LabelmapSettings) -> Anatomy:
     """The anatomy from a label map on disk, on the CT grid, with the TotalSegmentator backend's additions."""
-    from pipeline.anatomy_totalseg import add_classical_extras
+    from pipeline.anatomy.totalseg import add_classical_extras
 
     check_ct(ct)
     if settings.path is None:

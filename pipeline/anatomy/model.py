@@ -1,38 +1,6 @@
-"""Anatomy of the chest CT: one interface, two backends.
+"""The anatomy model every backend returns: a label image on the CT grid, its names and landmarks.
 
-`segment(ct, settings)` returns an `Anatomy`: a single label image on the exact
-CT grid plus a table of canonical structure names (see `pipeline.anatomy_names`)
-to label values. Backends are chosen by name:
-
-- ``classical`` (default): thresholds, region growing and geometry on the CT's
-  Hounsfield units. Needs no weights and no GPU. See `pipeline.anatomy_classical`
-  for what it finds and where it is weaker than TotalSegmentator.
-- A ``totalsegmentator`` run whose weights are missing raises `MissingWeightsError`
-  at once (naming the models); it never falls back silently. Choose ``classical``
-  in the configuration where no weights are installed.
-- ``totalsegmentator``: the TotalSegmentator ``total`` task, run offline from
-  weights already on disk, with its usage statistics turned off. See
-  `pipeline.anatomy_totalseg`.
-
-Names. TotalSegmentator v2 names are used where TotalSegmentator has the
-structure (``trachea``, ``aorta``, ``sternum``, the lung lobes ...). Our own names
-cover the rest: ``body``, ``lung_left``/``lung_right`` (whole lungs, when a
-backend has no lobes), ``main_bronchus_left``/``main_bronchus_right``,
-``bronchus_intermedius`` and ``spine`` (all vertebrae as one structure, from the
-classical backend; TotalSegmentator gives ``vertebrae_T1`` ... instead).
-
-Derived masks. `Anatomy.mask` also answers for a few names that are unions of
-labels, so callers need not know which backend ran:
-
-- ``lung_left`` / ``lung_right``: the lung lobes of that side when the label map
-  has lobes but no whole lung;
-- ``spine``: the union of every ``vertebrae_*`` label when there is no ``spine``;
-- ``bone``: the union of every skeletal label (``spine``/``vertebrae_*``, ``ribs``/``rib_*``,
-  ``sternum``, ``clavicula_*``, ``scapula_*``, ``humerus_*`` ...), when there is no ``bone`` label;
-- ``body``: the container. Every labelled voxel lies inside the body, so
-  ``mask("body")`` is ``labels > 0`` whenever the ``body`` label exists.
-
-Landmarks are points in patient coordinates (LPS, mm), e.g. ``carina``.
+Also the backends' settings and errors, and the checks on their input and output.
 """
 
 from __future__ import annotations
@@ -45,67 +13,17 @@ import numpy as np
 import SimpleITK as sitk
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import anatomy_names as an
+from pipeline.anatomy import names as an
+from pipeline.anatomy.names import BONE, RIBS, SPINE
 from pipeline.errors import PipelineError
 
-__all__ = [
-    "Anatomy",
-    "AnatomyError",
-    "AnatomySettings",
-    "MissingWeightsError",
-    "TotalSegSettings",
-    "LabelmapSettings",
-    "OWN_LABELS",
-    "TS_TOTAL_LABELS",
-    "SPINE",
-    "BONE",
-    "CARINA",
-    "segment",
-]
-
-# Our own structure name for all vertebrae together (classical backend).
-SPINE = "spine"
-# Derived name: every skeletal label together (vertebrae, ribs, sternum, clavicles, scapulae ...).
-BONE = "bone"
+# Skeletal labels that make up the derived "bone" mask.
 _BONE_PREFIXES = ("vertebrae_", "rib_", "clavicula_", "scapula_", "humerus_", "hip_", "femur_")
-_BONE_NAMES = frozenset({SPINE, "ribs", "sternum", "sacrum", "skull"})
-# Landmark names.
-CARINA = "carina"
+_BONE_NAMES = frozenset({SPINE, RIBS, "sternum", "sacrum", "skull"})
 
 
 def _is_bone(name: str) -> bool:
     return name in _BONE_NAMES or name.startswith(_BONE_PREFIXES)
-
-# Label values of the TotalSegmentator v2 `total` classes that the classical
-# backend also produces, so both backends use the same numbers for the same
-# structure. (Checked against totalsegmentator.map_to_binary in the tests.)
-TS_TOTAL_LABELS: dict[str, int] = {
-    "lung_upper_lobe_left": 10,
-    "lung_lower_lobe_left": 11,
-    "lung_upper_lobe_right": 12,
-    "lung_middle_lobe_right": 13,
-    "lung_lower_lobe_right": 14,
-    "esophagus": 15,
-    "trachea": 16,
-    "aorta": 52,
-    "clavicula_left": 73,
-    "clavicula_right": 74,
-    "sternum": 116,
-}
-
-# Label values for structures with our own names (above TotalSegmentator's 1..117).
-OWN_LABELS: dict[str, int] = {
-    an.BODY: 200,
-    an.LUNG_LEFT: 201,
-    an.LUNG_RIGHT: 202,
-    an.MAIN_BRONCHUS_LEFT: 203,
-    an.MAIN_BRONCHUS_RIGHT: 204,
-    an.BRONCHUS_INTERMEDIUS: 205,
-    SPINE: 206,
-    an.PULMONARY_ARTERY: 207,
-    an.AZYGOS_VEIN: 208,
-    "lung_airways": 209,  # airway tree beyond the named bronchi (TotalSegmentator lung_vessels)
-}
 
 
 class AnatomyError(PipelineError):
@@ -279,22 +197,3 @@ def labels_image(arr: np.ndarray, ct: sitk.Image) -> sitk.Image:
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=dtype))
     img.CopyInformation(ct)
     return img
-
-
-def segment(ct: sitk.Image, settings: AnatomySettings | None = None) -> Anatomy:
-    """Segment the thoracic anatomy of `ct` (HU) with the backend named in `settings`."""
-    settings = settings or AnatomySettings()
-    check_ct(ct)
-    if settings.backend == "classical":
-        from pipeline.anatomy_classical import segment_classical
-
-        return segment_classical(ct)
-    if settings.backend == "totalsegmentator":
-        from pipeline.anatomy_totalseg import segment_totalseg
-
-        return segment_totalseg(ct, settings.totalseg)
-    if settings.backend == "labelmap":
-        from pipeline.anatomy_labelmap import segment_labelmap
-
-        return segment_labelmap(ct, settings.labelmap)
-    raise AnatomyError(f"unknown anatomy backend {settings.backend!r}")  # pragma: no cover (Literal)

@@ -59,10 +59,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline import anatomy_names as an
-from pipeline.anatomy import (
-    CARINA,
-    OWN_LABELS,
+from pipeline.anatomy import names as an
+from pipeline.anatomy.model import (
     Anatomy,
     AnatomyError,
     MissingWeightsError,
@@ -70,6 +68,7 @@ from pipeline.anatomy import (
     check_ct,
     labels_image,
 )
+from pipeline.anatomy.names import CARINA, CRICOID, OWN_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +435,9 @@ def segment_totalseg(ct: sitk.Image, settings: TotalSegSettings | None = None) -
 
 
 def add_classical_extras(ct, arr, names, airway_hint, notes, landmarks) -> list[str]:
-    """Body, main bronchi, bronchus intermedius and carina from the classical backend (in place)."""
-    from pipeline.anatomy_classical import classical_airways_and_body
+    """Body, main bronchi, bronchus intermedius, the air of larynx and pharynx, carina and cricoid
+    from the classical backend (in place)."""
+    from pipeline.anatomy.classical import classical_airways_and_body
 
     added: list[str] = []
     try:
@@ -455,7 +455,7 @@ def add_classical_extras(ct, arr, names, airway_hint, notes, landmarks) -> list[
     relabel = {0, OWN_LABELS[an.BODY]}
     if "trachea" in names:
         relabel.add(names["trachea"])
-    for name in (an.MAIN_BRONCHUS_LEFT, an.MAIN_BRONCHUS_RIGHT, an.BRONCHUS_INTERMEDIUS):
+    for name in (an.MAIN_BRONCHUS_LEFT, an.MAIN_BRONCHUS_RIGHT, an.BRONCHUS_INTERMEDIUS, an.LARYNX_PHARYNX_AIR):
         m = masks.get(name)
         if m is not None and m.any():
             m = m & np.isin(arr, list(relabel))
@@ -482,6 +482,9 @@ def add_classical_extras(ct, arr, names, airway_hint, notes, landmarks) -> list[
                     f"trachea: {int(below.sum())} TotalSegmentator voxels below the carina relabelled as main bronchi"
                 )
         added.append(CARINA)
+    if CRICOID in lms:
+        landmarks[CRICOID] = lms[CRICOID]
+        added.append(CRICOID)
     if "trachea" in names and not (arr == names["trachea"]).any():
         del names["trachea"]
     return added

@@ -1,0 +1,327 @@
+"""Physiologic and non-nodal uptake, named as a radiologist names it. Such a focus never counts for N.
+
+Each test looks at where the focus's SUV *peak* lies (and, for shape, at the focus
+itself), in the order a reader rules things out:
+
+- bone / marrow: the peak in a labelled bone (dilated 2 mm), most of the focus in
+  bone, dense bone at the peak (CT > 200 HU averaged over ~3 mm), or cortical bone
+  (> 250 HU) within 25 mm in all four in-plane directions (the marrow space of a
+  vertebra or the sternum, even where the bone label misses it);
+- larynx / pharynx / neck muscle: the peak above the cricoid (the anatomy's
+  ``cricoid`` landmark, else the bottom of ``larynx_pharynx_air``, else the top
+  of the trachea) — near the airway it is laryngeal/pharyngeal, elsewhere neck
+  muscle; no IASLC station lies above the cricoid;
+- thyroid: the peak in ``thyroid_gland``;
+- myocardial: the peak in the heart, or hot myocardium (≥ 75 % of the focus's
+  peak) within 6 mm of the focus while the focus hugs the heart — spill-over from
+  the myocardium, or myocardium the heart label missed — unless the focus is 1.5 ×
+  hotter than the heart's 95th-percentile SUV (then the focus lights the heart);
+- esophageal: the peak in the esophageal wall or lumen, or uptake running along
+  the esophagus — unless the peak is *focal*, at least 1.3 × the esophageal uptake
+  15–30 mm above and below it (a node on the esophagus keeps its own peak);
+- vascular: the peak inside a labelled great vessel (eroded 2 mm) with most of the
+  focus in vessels;
+- brown fat: the peak in fat density (−150 to −50 HU on CT smoothed to PET
+  resolution) with no soft-tissue body under it;
+- linear: uptake much longer craniocaudally than wide, away from the esophagus:
+  along a vessel or a muscle, not nodal.
+
+Below the diaphragm (`classify`) a focus in liver, spleen, kidney, stomach or bowel
+is physiologic too; elsewhere there it is distant and not staged here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.anatomy import Anatomy
+from pipeline.lesions.geometry import an, spacing_zyx, superior_sign, union_mask
+from pipeline.study_result import PhysiologicSite
+
+BONE = "bone"
+HEART = "heart"
+ESOPHAGUS = "esophagus"
+THYROID = "thyroid_gland"
+LARYNX_AIR = "larynx_pharynx_air"
+CRICOID = "cricoid"
+VESSELS = ("aorta", "superior_vena_cava", "brachiocephalic_vein_left", "brachiocephalic_vein_right",
+           "pulmonary_artery", "brachiocephalic_trunk", "common_carotid_artery_left",
+           "common_carotid_artery_right", "subclavian_artery_left", "subclavian_artery_right")
+AIR_NAMED = ("trachea", "main_bronchus_left", "main_bronchus_right", "bronchus_intermedius", "lung_left",
+             "lung_right", "lung_airways", "larynx_pharynx_air", *an.LUNG_LOBES)
+ABDOMINAL_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "small_bowel", "colon",
+                    "duodenum", "pancreas", "adrenal_gland_left", "adrenal_gland_right", "gallbladder")
+
+DENSE_BONE_HU = 200.0
+BONE_REACH_MM = 2.0
+CORTEX_HU = 250.0
+MARROW_REACH_MM = 25.0
+MARROW_ENCLOSED_SIDES = 4  # bone on every side in-plane: the marrow space (a node beside bone has it on one)
+FAT_HU = (-150.0, -50.0)
+BROWN_FAT_MAX_SOFT_TISSUE_MM = 5.0  # a soft-tissue body at least this wide under the focus is a node, not fat
+MYOCARDIUM_REACH_MM = 6.0  # about one PET FWHM
+MYOCARDIUM_HOT_FRACTION = 0.75
+MYOCARDIUM_HUG_FRACTION = 0.3
+MYOCARDIUM_PEAK_REACH_MM = 10.0
+MYOCARDIUM_HOTTER_THAN_HEART = 1.5  # a focus this much hotter than the rest of the myocardium is not myocardium
+ESOPHAGUS_WALL_MM = 2.0
+ESOPHAGUS_NEAR_MM = 5.0
+ESOPHAGUS_FOCAL_RATIO = 1.3
+ESOPHAGUS_BACKGROUND_MM = (15.0, 30.0)
+ESOPHAGUS_GAS_REACH_MM = 6.0
+ESOPHAGUS_GAS_MIN_VOXELS = 3
+GAS_HU = -400.0
+AIR_RIM_MM = 3.0
+VESSEL_EROSION_MM = 2.0
+VESSEL_MIN_FRACTION = 0.6
+AIRWAY_NEAR_MM = 20.0
+LINEAR_RATIO = 2.5
+LINEAR_MIN_LENGTH_MM = 30.0
+
+
+@dataclass
+class Physiology:
+    """Full-volume masks and landmarks the tests need, computed once per study."""
+
+    anatomy: Anatomy
+    ct: np.ndarray
+    suv: np.ndarray
+    spacing: np.ndarray
+    pet_fwhm_mm: float
+    masks: dict[str, np.ndarray | None] = field(default_factory=dict)
+    cricoid_index: float | None = None
+    cricoid_source: str = ""
+    heart_p95: float | None = None  # the myocardium's own uptake, for telling it from a focus that lights the heart
+
+    @classmethod
+    def build(cls, anatomy: Anatomy, ct: np.ndarray, suv: np.ndarray, pet_fwhm_mm: float) -> "Physiology":
+        ctx = cls(anatomy, ct, suv, spacing_zyx(anatomy.labels), pet_fwhm_mm)
+        for name in (BONE, HEART, ESOPHAGUS, THYROID, LARYNX_AIR):
+            m = anatomy.mask(name)
+            ctx.masks[name] = m if m is not None and m.any() else None
+        ctx.masks["vessels"] = union_mask(anatomy, VESSELS)
+        ctx.masks["air_named"] = union_mask(anatomy, AIR_NAMED)  # lung and airways: their gas is not esophageal
+        ctx.cricoid_index, ctx.cricoid_source = _cricoid_index(anatomy, ctx.masks[LARYNX_AIR])
+        trachea = anatomy.mask(an.TRACHEA)
+        ctx.masks["trachea"] = trachea if trachea is not None and trachea.any() else None
+        heart = ctx.masks[HEART]
+        ctx.heart_p95 = float(np.percentile(np.asarray(suv)[heart], 95)) if heart is not None else None
+        return ctx
+
+    def mask(self, name: str) -> np.ndarray | None:
+        return self.masks.get(name)
+
+
+def _cricoid_index(anatomy: Anatomy, larynx_air: np.ndarray | None) -> tuple[float | None, str]:
+    img = anatomy.labels
+    if CRICOID in anatomy.landmarks:
+        idx = img.TransformPhysicalPointToContinuousIndex([float(c) for c in anatomy.landmarks[CRICOID]])
+        return float(idx[2]), "the cricoid landmark"
+    sign = superior_sign(img)
+    if larynx_air is not None:
+        ks = np.nonzero(larynx_air.any(axis=(1, 2)))[0]
+        return float(ks.min() if sign > 0 else ks.max()), "the bottom of the laryngeal air column"
+    trachea = anatomy.mask(an.TRACHEA)
+    if trachea is not None and trachea.any():
+        ks = np.nonzero(trachea.any(axis=(1, 2)))[0]
+        return float(ks.max() if sign > 0 else ks.min()), "the top of the trachea (no cricoid landmark)"
+    return None, ""
+
+
+def _local(mask: np.ndarray | None, sl) -> np.ndarray | None:
+    return None if mask is None else mask[sl]
+
+
+def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, peak: tuple[int, int, int],
+                     peak_suv: float, soft_tissue_mm: float, central_mass: bool = False
+                     ) -> tuple[PhysiologicSite, str] | None:
+    """The physiologic site of a focus (crop `sl`, local mask `focus`, global peak index), or None."""
+    sp = ctx.spacing
+    lp = tuple(int(p - s.start) for p, s in zip(peak, sl))
+    ct = ctx.ct[sl]
+    suv = ctx.suv[sl]
+    hu_at_peak = _mean_around(ct, lp, 1)
+
+    bone = _local(ctx.mask(BONE), sl)
+    if bone is not None and bone.any():
+        d_bone = ndimage.distance_transform_edt(~bone, sampling=sp)[lp]
+        frac = float(bone[focus].mean())
+        if d_bone <= BONE_REACH_MM or frac >= 0.5:
+            return PhysiologicSite.BONE_MARROW, (f"bone/marrow: the peak is {'in' if d_bone == 0 else 'at'} "
+                                                 f"a labelled bone ({frac:.0%} of the focus in bone)")
+    if hu_at_peak > DENSE_BONE_HU:
+        return PhysiologicSite.BONE_MARROW, f"bone/marrow: dense bone at the peak ({hu_at_peak:.0f} HU)"
+    sides = _cortex_around(ct, lp, sp)
+    if sides >= MARROW_ENCLOSED_SIDES:
+        return PhysiologicSite.BONE_MARROW, (f"bone/marrow: the peak is enclosed by cortical bone ({sides} of 4 "
+                                             "in-plane directions), i.e. in the marrow space")
+
+    if ctx.cricoid_index is not None:
+        above = (peak[0] - ctx.cricoid_index) * superior_sign(ctx.anatomy.labels) > 0
+        if above:
+            air = _local(ctx.mask(LARYNX_AIR), sl)
+            near_air = air is not None and air.any() and \
+                ndimage.distance_transform_edt(~air, sampling=sp)[lp] <= AIRWAY_NEAR_MM
+            if near_air or (air is None and _near_midline_airway(ctx, peak)):
+                return PhysiologicSite.LARYNGEAL_PHARYNGEAL, (f"laryngeal/pharyngeal: above {ctx.cricoid_source}, "
+                                                              "beside the airway; no nodal station lies there")
+            return PhysiologicSite.MUSCLE, (f"neck above {ctx.cricoid_source}, away from the airway: muscle "
+                                            "or other cervical tissue; no nodal (N) station lies there")
+
+    thyroid = _local(ctx.mask(THYROID), sl)
+    if thyroid is not None and thyroid[lp]:
+        return PhysiologicSite.THYROID, "thyroid: the peak is in the thyroid gland"
+
+    myo = _myocardial(ctx, sl, focus, lp, peak_suv)
+    if myo:
+        return PhysiologicSite.MYOCARDIAL, myo
+
+    linear = _is_linear(focus, sp)
+    focal_on_esophagus = False
+    if not central_mass:
+        eso = _local(ctx.mask(ESOPHAGUS), sl)
+        in_wall = along = False
+        if eso is not None and eso.any():
+            d_eso = ndimage.distance_transform_edt(~eso, sampling=sp)
+            in_wall = d_eso[lp] <= ESOPHAGUS_WALL_MM
+            along = linear and float((d_eso[focus] <= ESOPHAGUS_NEAR_MM).mean()) >= 0.5
+        gas = _esophageal_gas_near(ctx, sl, lp)
+        if in_wall or along or gas:
+            background = _esophageal_background(ctx, peak)
+            if background is None or peak_suv < ESOPHAGUS_FOCAL_RATIO * background:
+                where = ("in the esophageal wall or lumen" if in_wall else "running along the esophagus" if along
+                         else "beside gas in the esophageal lumen")
+                bg = "" if background is None else f", not focal (esophagus 15-30 mm away: SUV {background:.1f})"
+                return PhysiologicSite.ESOPHAGEAL, f"esophageal: the peak is {where}{bg}"
+            focal_on_esophagus = True
+
+    vessels = _local(ctx.mask("vessels"), sl)
+    if vessels is not None and vessels.any() and not central_mass:
+        core = ndimage.distance_transform_edt(vessels, sampling=sp)
+        if core[lp] > VESSEL_EROSION_MM and float(vessels[focus].mean()) >= VESSEL_MIN_FRACTION:
+            return PhysiologicSite.VASCULAR, "vascular: the peak and most of the focus lie inside a great vessel"
+
+    if FAT_HU[0] <= _smoothed_hu(ctx, peak) <= FAT_HU[1] and soft_tissue_mm < BROWN_FAT_MAX_SOFT_TISSUE_MM:
+        return PhysiologicSite.BROWN_FAT, (f"brown fat: the peak is in fat density ({_smoothed_hu(ctx, peak):.0f} HU "
+                                           "at PET resolution) with no soft-tissue nodule under it")
+    if linear and not central_mass and not focal_on_esophagus:
+        return PhysiologicSite.VASCULAR, (f"linear uptake, longer craniocaudally than {LINEAR_RATIO:g}x its width: "
+                                          "along a vessel or muscle, not nodal")
+    return None
+
+
+def _cortex_around(ct: np.ndarray, lp, spacing: np.ndarray) -> int:
+    """In how many of the 4 in-plane directions cortical bone lies within reach of the peak."""
+    k, j, i = lp
+    reach = int(np.ceil(MARROW_REACH_MM / spacing[1]))
+    rays = (ct[k, j + 1: j + 1 + reach, i], ct[k, max(j - reach, 0): j, i][::-1],
+            ct[k, j, i + 1: i + 1 + reach], ct[k, j, max(i - reach, 0): i][::-1])
+    return sum(bool((np.asarray(r) > CORTEX_HU).any()) for r in rays)
+
+
+def _mean_around(arr: np.ndarray, p: tuple[int, int, int], r: int) -> float:
+    sl = tuple(slice(max(c - r, 0), c + r + 1) for c in p)
+    return float(np.mean(arr[sl]))
+
+
+def _smoothed_hu(ctx: Physiology, peak: tuple[int, int, int]) -> float:
+    """CT at the peak, smoothed to the PET's resolution (a Gaussian of its FWHM)."""
+    sigma = ctx.pet_fwhm_mm / 2.3548 / ctx.spacing
+    r = np.ceil(3 * sigma).astype(int)
+    sl = tuple(slice(max(c - k, 0), c + k + 1) for c, k in zip(peak, r))
+    local = ndimage.gaussian_filter(np.asarray(ctx.ct[sl], np.float32), sigma, mode="nearest")
+    return float(local[tuple(int(c - s.start) for c, s in zip(peak, sl))])
+
+
+def _near_midline_airway(ctx: Physiology, peak: tuple[int, int, int]) -> bool:
+    """Without a laryngeal label: within reach of the trachea's top (in-plane), i.e. around the larynx."""
+    trachea = ctx.mask("trachea")
+    if trachea is None:
+        return False
+    ks = np.nonzero(trachea.any(axis=(1, 2)))[0]
+    top = ks.max() if superior_sign(ctx.anatomy.labels) > 0 else ks.min()
+    yx = np.argwhere(trachea[top]).mean(axis=0)
+    d = np.hypot((peak[1] - yx[0]) * ctx.spacing[1], (peak[2] - yx[1]) * ctx.spacing[2])
+    return bool(d <= AIRWAY_NEAR_MM + 10.0)
+
+
+def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> str | None:
+    heart = _local(ctx.mask(HEART), sl)
+    if heart is None or not heart.any():
+        return None
+    if heart[lp]:
+        return "myocardial: the peak is in the heart"
+    sp = ctx.spacing
+    d_heart = ndimage.distance_transform_edt(~heart, sampling=sp)
+    near_focus = ndimage.distance_transform_edt(~focus, sampling=sp) <= MYOCARDIUM_REACH_MM
+    hot_heart = heart & near_focus
+    if not hot_heart.any():
+        return None
+    hot = float(ctx.suv[sl][hot_heart].max())
+    hugs = float((d_heart[focus] <= MYOCARDIUM_REACH_MM).mean())
+    own = _heart_uptake_away_from(ctx, tuple(int(p + s.start) for p, s in zip(lp, sl)))
+    if own is not None and peak_suv > MYOCARDIUM_HOTTER_THAN_HEART * own:
+        return None  # hotter than the myocardium anywhere else: the heart beside it is lit by the focus itself
+    if hot >= MYOCARDIUM_HOT_FRACTION * peak_suv and (d_heart[lp] <= MYOCARDIUM_PEAK_REACH_MM
+                                                       or hugs >= MYOCARDIUM_HUG_FRACTION):
+        return (f"myocardial: contiguous with hot myocardium (heart SUV {hot:.1f} within "
+                f"{MYOCARDIUM_REACH_MM:g} mm, {hugs:.0%} of the focus against the heart)")
+    return None
+
+
+def _heart_uptake_away_from(ctx: Physiology, peak: tuple[int, int, int]) -> float | None:
+    """The myocardium's own uptake: the heart's 95th percentile SUV (a focus beside it lights only a corner)."""
+    return ctx.heart_p95
+
+
+def _esophageal_gas_near(ctx: Physiology, sl, lp) -> bool:
+    """Gas within a few mm of the peak that is no airway or lung: the esophageal lumen (no label needed)."""
+    r = np.ceil(ESOPHAGUS_GAS_REACH_MM / ctx.spacing).astype(int)
+    box = tuple(slice(max(c - k, 0), c + k + 1) for c, k in zip(lp, r))
+    gas = np.asarray(ctx.ct[sl][box]) < GAS_HU
+    if not gas.any():
+        return False
+    air = _local(ctx.mask("air_named"), sl)
+    if air is not None:  # gas of the lung or airways, and the partial-volume rim within 3 mm of it, is not the lumen
+        near_air = ndimage.binary_dilation(air[box], iterations=int(np.ceil(AIR_RIM_MM / ctx.spacing.min())))
+        gas &= ~near_air
+    return int(gas.sum()) >= ESOPHAGUS_GAS_MIN_VOXELS
+
+
+def _esophageal_background(ctx: Physiology, peak: tuple[int, int, int]) -> float | None:
+    """The esophagus's own uptake 15–30 mm above and below the peak (the higher side)."""
+    eso = ctx.mask(ESOPHAGUS)
+    if eso is None:
+        return None
+    dz = ctx.spacing[0]
+    lo, hi = (int(round(v / dz)) for v in ESOPHAGUS_BACKGROUND_MM)
+    sides = []
+    for sign in (-1, 1):
+        ks = [peak[0] + sign * k for k in range(lo, hi + 1) if 0 <= peak[0] + sign * k < eso.shape[0]]
+        vals = [float(ctx.suv[k][eso[k]].max()) for k in ks if eso[k].any()]
+        if vals:
+            sides.append(max(vals))
+    return max(sides) if sides else None
+
+
+def _is_linear(focus: np.ndarray, spacing: np.ndarray) -> bool:
+    """Much longer craniocaudally than wide (and at least 3 cm long): a tube, not an ovoid node."""
+    ks = np.nonzero(focus.any(axis=(1, 2)))[0]
+    z_extent = (ks.max() - ks.min() + 1) * spacing[0]
+    widest = 0.0
+    for k in ks:
+        yi, xi = np.nonzero(focus[k])
+        widest = max(widest, (yi.max() - yi.min() + 1) * spacing[1], (xi.max() - xi.min() + 1) * spacing[2])
+    return bool(z_extent >= LINEAR_RATIO * max(widest, 1e-6) and z_extent >= LINEAR_MIN_LENGTH_MM)
+
+
+def abdominal_organ_at(anatomy: Anatomy, peak: tuple[int, int, int]) -> str | None:
+    """The labelled abdominal organ holding the peak, if any."""
+    value = int(anatomy.array()[peak])
+    for organ in ABDOMINAL_ORGANS:
+        if anatomy.names.get(organ) == value and value > 0:
+            return organ
+    return None

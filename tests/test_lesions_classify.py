@@ -1,0 +1,73 @@
+"""Station hygiene (a focus belongs to the station holding its SUV peak) and what is not a node."""
+
+import numpy as np
+
+from pipeline.lesions import classify
+from pipeline.lesions.reading import cap_outside_station
+from pipeline.study_result import LesionKind, NodeStatus, PhysiologicSite
+from tests.lesion_arrays import SPACING, image
+
+VALUES = {1: "4R", 2: "7"}
+
+
+def _stations():
+    st = np.zeros((20, 40, 40), np.uint8)
+    st[:, :, 0:15] = 1  # 4R
+    st[:, :, 20:40] = 2  # 7; x 15..19 (10 mm) is in no station
+    return st
+
+
+def test_the_peak_decides_the_station_not_the_bulk():
+    st = _stations()
+    # A focus whose bulk lies in 7 but whose peak sits in 4R belongs to 4R.
+    assert classify.station_at(st, VALUES, (10, 20, 12), SPACING) == ("4R", 0.0)
+    assert classify.station_at(st, VALUES, (10, 20, 30), SPACING) == ("7", 0.0)
+
+
+def test_a_peak_just_outside_a_station_is_named_with_its_distance_and_never_positive():
+    st = _stations()
+    station, d = classify.station_at(st, VALUES, (10, 20, 16), SPACING)  # 4 mm from 4R's last column
+    assert station == "4R" and 0 < d <= classify.NEAR_STATION_MM
+    status, why = cap_outside_station(NodeStatus.POSITIVE, "positive: SUVmax 6", d)
+    assert status == NodeStatus.EQUIVOCAL and "outside the station" in why
+    assert cap_outside_station(NodeStatus.NEGATIVE, "negative", d)[0] == NodeStatus.NEGATIVE
+
+
+def test_a_peak_in_no_station_is_outside_stations():
+    st = np.zeros((20, 40, 40), np.uint8)
+    st[:, :, 0:5] = 1
+    assert classify.station_at(st, VALUES, (10, 20, 30), SPACING) == (None, float("inf"))
+    c = _candidate(station=None)
+    assert classify.name_focus(c, None, "").kind == LesionKind.OUTSIDE_STATIONS
+
+
+def _candidate(**kw):
+    base = dict(label=1, sl=(slice(0, 1),) * 3, local=np.ones((1, 1, 1), bool), peak=(0, 0, 0),
+                centroid_mm=(0.0, 0.0, 0.0), peak_mm=(0.0, 0.0, 0.0), suvmax=6.0, suvpeak=4.0, suvmean=3.0,
+                mtv_ml=1.0, short_axis=12.0, station="4R", station_distance_mm=0.0, lung_fraction=0.0,
+                side_by_position=None, lobe=None, below_diaphragm=False, in_thorax=True)
+    base.update(kw)
+    return classify.Candidate(**base)
+
+
+def test_physiologic_beats_station_and_below_diaphragm_beats_both():
+    phys = _candidate(physiologic=(PhysiologicSite.ESOPHAGEAL, "esophageal: the peak is in the wall"))
+    n = classify.name_focus(phys, None, "")
+    assert n.kind == LesionKind.PHYSIOLOGIC and n.physiologic_site == PhysiologicSite.ESOPHAGEAL and n.station is None
+    liver = _candidate(below_diaphragm=True, abdominal_organ="liver")
+    n = classify.name_focus(liver, None, "")
+    assert n.kind == LesionKind.PHYSIOLOGIC and n.physiologic_site == PhysiologicSite.SUBDIAPHRAGMATIC
+    assert classify.name_focus(_candidate(below_diaphragm=True), None, "").kind == LesionKind.DISTANT
+    node = classify.name_focus(_candidate(), None, "")
+    assert node.kind == LesionKind.NODE and node.station == "4R" and node.side == "right"
+
+
+def test_under_the_diaphragm_dome():
+    lung = np.zeros((30, 20, 20), bool)
+    lung[15:30, :, :10] = True  # lung from z index 15 up, on the x < 10 side
+    lung[5:30, :, 10:] = True  # deeper recess on the other side
+    img = image(lung.astype(np.uint8))
+    d = classify.Diaphragm(lung, img)
+    z_of = lambda k: img.TransformIndexToPhysicalPoint([0, 0, k])[2]
+    assert d.below((6, 10, 5), (0.0, 0.0, z_of(6)))  # 18 mm under the lung of its own column, none below
+    assert not d.below((13, 10, 5), (0.0, 0.0, z_of(13)))  # 4 mm under it: a node at the lung base (9R/9L)

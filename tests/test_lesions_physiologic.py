@@ -1,0 +1,121 @@
+"""Each class of physiologic or non-nodal uptake is named, and a real node beside it is not."""
+
+import numpy as np
+import pytest
+
+from pipeline.lesions.physiologic import Physiology, physiologic_site
+from pipeline.study_result import PhysiologicSite
+from tests.lesion_arrays import anatomy, ball, gaussian, grid
+
+SHAPE = (40, 50, 50)  # z 0..78 mm (index up = superior), y/x 0..98 mm
+FAT, SOFT = -100.0, 40.0
+
+
+def _site(ct, suv, labels, centre_mm, radius_mm=6.0, landmarks=None, soft_mm=10.0):
+    ctx = Physiology.build(anatomy(labels, SHAPE, landmarks), ct, suv, 7.0)
+    focus = ball(SHAPE, centre_mm, radius_mm) & (suv > 2.5)
+    peak = np.unravel_index(int(np.argmax(np.where(focus, suv, -1))), SHAPE)
+    sl = tuple(slice(0, n) for n in SHAPE)
+    out = physiologic_site(ctx, sl, focus, peak, float(suv[peak]), soft_mm)
+    return None if out is None else out[0]
+
+
+def _soft_ct():
+    return np.full(SHAPE, SOFT, np.float32)
+
+
+def test_marrow_in_a_labelled_bone():
+    bone = ball(SHAPE, (40, 50, 50), 15.0)
+    ct = _soft_ct()
+    ct[bone] = 180.0
+    suv = gaussian(SHAPE, (40, 50, 50), 4.0, 5.0) + 1.0
+    assert _site(ct, suv, {"spine": bone}, (40, 50, 50)) == PhysiologicSite.BONE_MARROW
+
+
+def test_dense_bone_at_the_peak_without_a_label():
+    ct = _soft_ct()
+    ct[ball(SHAPE, (40, 50, 50), 8.0)] = 600.0
+    suv = gaussian(SHAPE, (40, 50, 50), 4.0, 5.0) + 1.0
+    assert _site(ct, suv, {}, (40, 50, 50)) == PhysiologicSite.BONE_MARROW
+
+
+def test_brown_fat_is_uptake_in_fat_without_a_soft_tissue_nodule():
+    ct = np.full(SHAPE, FAT, np.float32)
+    suv = gaussian(SHAPE, (40, 50, 50), 5.0, 5.0) + 0.5
+    assert _site(ct, suv, {}, (40, 50, 50), soft_mm=0.0) == PhysiologicSite.BROWN_FAT
+    ct[ball(SHAPE, (40, 50, 50), 7.0)] = SOFT  # a 14 mm node in the same fat: not brown fat
+    assert _site(ct, suv, {}, (40, 50, 50), soft_mm=14.0) is None
+
+
+def _esophagus():
+    z, y, x = grid(SHAPE)
+    return (y - 60) ** 2 + (x - 50) ** 2 <= 8.0 ** 2
+
+
+def test_esophageal_uptake_and_a_focal_node_on_the_esophagus():
+    eso = _esophagus()
+    z, y, x = grid(SHAPE)
+    band = 4.0 * np.exp(-((y - 60) ** 2 + (x - 50) ** 2) / (2 * 5.0 ** 2))
+    ct = np.full(SHAPE, FAT, np.float32)
+    ct[eso] = SOFT
+    suv = (band + 0.5 + gaussian(SHAPE, (40, 60, 50), 3.0, 0.5)).astype(np.float32)  # a gentle bump
+    assert _site(ct, suv, {"esophagus": eso}, (40, 60, 50), radius_mm=30) == PhysiologicSite.ESOPHAGEAL
+    focal = np.maximum(suv, gaussian(SHAPE, (40, 60, 56), 4.0, 9.0))  # a node 9 on the wall: focal
+    assert _site(ct, focal, {"esophagus": eso}, (40, 60, 56), radius_mm=8) is None
+
+
+def test_esophageal_gas_names_the_lumen_without_a_label():
+    ct = _soft_ct()
+    ct[ball(SHAPE, (40, 60, 50), 3.0)] = -800.0  # gas in the lumen, no esophagus label
+    suv = gaussian(SHAPE, (40, 60, 52), 4.0, 4.0) + 1.0
+    assert _site(ct, suv, {}, (40, 60, 52)) == PhysiologicSite.ESOPHAGEAL
+
+
+def _heart():
+    return ball(SHAPE, (30, 50, 30), 20.0)
+
+
+def test_myocardium_spilling_beyond_the_heart_label_and_a_node_against_a_quiet_heart():
+    heart = _heart()
+    ct = _soft_ct()
+    wall = heart & ~ball(SHAPE, (30, 50, 30), 14.0)
+    suv = np.where(wall, 9.0, 1.5).astype(np.float32)
+    # Hot myocardium the label missed: a rim just outside, as hot as the wall.
+    rim = ball(SHAPE, (30, 50, 30), 24.0) & ~heart & (grid(SHAPE)[2] > 40)
+    suv[rim] = 8.5
+    assert _site(ct, suv, {"heart": heart}, (30, 50, 52), radius_mm=8) == PhysiologicSite.MYOCARDIAL
+    quiet = np.where(heart, 1.8, 1.0).astype(np.float32)
+    node = np.maximum(quiet, gaussian(SHAPE, (30, 50, 58), 4.0, 10.0))
+    assert _site(ct, node, {"heart": heart}, (30, 50, 58), radius_mm=8) is None
+
+
+def test_above_the_cricoid_larynx_and_neck_muscle():
+    air = ball(SHAPE, (70, 50, 50), 6.0)
+    ct = _soft_ct()
+    ct[air] = -900.0
+    landmarks = {"cricoid": (100.0, 100.0, 60.0)}  # LPS mm; z 60 mm = index 30
+    suv = gaussian(SHAPE, (70, 50, 62), 3.0, 6.0) + 1.0
+    labels = {"larynx_pharynx_air": air}
+    assert _site(ct, suv, labels, (70, 50, 62), landmarks=landmarks) == PhysiologicSite.LARYNGEAL_PHARYNGEAL
+    far = gaussian(SHAPE, (70, 10, 95), 3.0, 6.0) + 1.0
+    assert _site(ct, far, labels, (70, 10, 95), landmarks=landmarks) == PhysiologicSite.MUSCLE
+    below = gaussian(SHAPE, (40, 50, 64), 3.0, 6.0) + 1.0  # below the cricoid: not named here
+    assert _site(ct, below, labels, (40, 50, 64), landmarks=landmarks) is None
+
+
+def test_thyroid_and_vessel():
+    thyroid = ball(SHAPE, (40, 30, 30), 10.0)
+    aorta = ball(SHAPE, (40, 70, 70), 14.0)
+    ct = _soft_ct()
+    suv = np.maximum(gaussian(SHAPE, (40, 30, 30), 4.0, 6.0), gaussian(SHAPE, (40, 70, 70), 5.0, 4.0)) + 1.0
+    labels = {"thyroid_gland": thyroid, "aorta": aorta}
+    assert _site(ct, suv, labels, (40, 30, 30)) == PhysiologicSite.THYROID
+    assert _site(ct, suv, labels, (40, 70, 70), radius_mm=8) == PhysiologicSite.VASCULAR
+
+
+@pytest.mark.parametrize("ct_value", [SOFT, 60.0])
+def test_a_node_in_soft_tissue_is_not_physiologic(ct_value):
+    ct = np.full(SHAPE, FAT, np.float32)
+    ct[ball(SHAPE, (40, 50, 50), 7.0)] = ct_value
+    suv = gaussian(SHAPE, (40, 50, 50), 4.0, 8.0) + 0.8
+    assert _site(ct, suv, {}, (40, 50, 50), soft_mm=14.0) is None

@@ -1,0 +1,82 @@
+"""Every real-anatomy case staged end to end (issue 11): N under TNM 8 and 9, the involved stations, no trap positive.
+
+Two anatomy sources: the reference label map written with the study (`labelmap` backend,
+read as TotalSegmentator output would be) and the classical backend on the CT. On a
+failure the message says, node by node, what the pipeline found near each true lesion
+and which positive findings match no true node, so the cause (lesion reading, station
+or anatomy) can be read from it.
+"""
+
+import math
+
+import pytest
+
+from pipeline.anatomy import AnatomySettings
+from pipeline.phantom_real import REAL_CASES, generate
+from pipeline.run import run_study
+from pipeline.settings import PipelineSettings
+
+pytestmark = pytest.mark.slow
+
+LIDC = "ct/lidc-idri-0001"
+MATCH_MM = 15.0  # a finding belongs to a true lesion (or a trap) when its centroid lies this close
+
+
+@pytest.fixture(scope="module")
+def studies(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real_staging")
+    return {c: generate(root / c, c, shared_data / LIDC, "small", 0) for c in REAL_CASES}
+
+
+def _settings(study, backend: str) -> PipelineSettings:
+    if backend == "labelmap":
+        anatomy = AnatomySettings(backend="labelmap", labelmap={"path": study.out_dir / "anatomy_labels.nii.gz",
+                                                                 "names": study.out_dir / "anatomy_labels.json"})
+    else:
+        anatomy = AnatomySettings(backend="classical")
+    return PipelineSettings(anatomy=anatomy)
+
+
+def _dist(a, b) -> float:
+    return math.dist(a, b)
+
+
+def _diagnosis(result, truth) -> str:
+    lines = [f"got {result.n_tnm8}/{result.n_tnm9} {sorted(result.involved_stations)}, want "
+             f"{truth['expected']['n_tnm8']}/{truth['expected']['n_tnm9']} {truth['expected']['positive_stations']}"]
+    for l in truth["lesions"]:
+        near = sorted(result.lesions, key=lambda f: _dist(f.centroid_mm, l["center_mm"]))[:1]
+        found = "nothing" if not near or _dist(near[0].centroid_mm, l["center_mm"]) > MATCH_MM else (
+            f"{near[0].kind} station={near[0].station} positive={near[0].positive} "
+            f"status={getattr(near[0], 'status', None)} SUVmax={near[0].suvmax:.1f}")
+        lines.append(f"  truth {l['kind']} {l['station']} {l['role']}: {found}")
+    true_nodes = [l["center_mm"] for l in truth["lesions"] if l["kind"] == "node" and l["positive"]]
+    for f in result.lesions:
+        if f.kind == "node" and f.positive and not any(_dist(f.centroid_mm, c) <= MATCH_MM for c in true_nodes):
+            lines.append(f"  false positive: station {f.station} at {[round(v) for v in f.centroid_mm]} "
+                         f"SUVmax {f.suvmax:.1f} {_trap_near(f.centroid_mm, truth)}")
+    return "\n".join(lines)
+
+
+def _trap_near(point, truth) -> str:
+    for t in truth["traps"]:
+        if "center_mm" in t and _dist(point, t["center_mm"]) <= MATCH_MM:
+            return f"(trap: {t['kind']} {t['location']})"
+    return ""
+
+
+@pytest.mark.parametrize("backend", ["labelmap", "classical"])
+@pytest.mark.parametrize("case", sorted(REAL_CASES))
+def test_real_anatomy_case_is_staged_right(studies, case, backend):
+    study = studies[case]
+    truth = study.truth
+    result = run_study(study.out_dir / "dicom", _settings(study, backend))
+    why = _diagnosis(result, truth)
+    assert result.n_tnm8 == truth["expected"]["n_tnm8"], why
+    assert result.n_tnm9 == truth["expected"]["n_tnm9"], why
+    assert sorted(result.involved_stations) == sorted(truth["expected"]["positive_stations"]), why
+    # No trap is positive: every positive node lies on a true positive node.
+    true_nodes = [l["center_mm"] for l in truth["lesions"] if l["kind"] == "node" and l["positive"]]
+    for f in result.lesions:
+        if f.kind == "node" and f.positive:
+            assert any(_dist(f.centroid_mm, c) <= MATCH_MM for c in true_nodes), why
