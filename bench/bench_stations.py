@@ -44,7 +44,7 @@ def run_case(case: str) -> dict:
     t_anat = time.perf_counter() - t0
     rss_anat = _rss_mb()
     t0 = time.perf_counter()
-    sm = build_station_map(anatomy.labels, anatomy.names, landmarks=anatomy.landmarks)
+    sm = build_station_map(anatomy.labels, anatomy.names, landmarks=anatomy.landmarks, ct=ct)
     t_st = time.perf_counter() - t0
     return {"case": case, "ct_size": list(ct.GetSize()), "anatomy_s": round(t_anat, 2), "stations_s": round(t_st, 2),
             "peak_rss_after_anatomy_mb": round(rss_anat), "peak_rss_after_stations_mb": round(_rss_mb()),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -54,7 +54,7 @@ POSITIVE_RADIUS_MM = (6.5, 9.0)
 MIN_ENLARGED_RADIUS_MM = 5.0  # positive and enlarged nodes keep a short axis of at least 10 mm
 LUNG_ALLOWANCE_MM = 3.0
 NODE_ABUT_MM = 1.0
-ROLE_SUV = {"enlarged_nonavid": 1.2, "small_subthreshold": 2.0}
+ROLE_SUV = {"enlarged_nonavid": 1.0, "small_subthreshold": 2.0}
 NODE_Z_ELONGATION = 1.25
 DELAYED_LESION_SCALE = 1.25
 UPTAKE_MIN = {"standard": (62, 75), "delayed": (155, 165)}
@@ -318,7 +318,7 @@ def generate(out_dir: str | Path, case: str, anatomy_dir: str | Path, size: Size
     (out / "anatomy_labels.json").write_text(json.dumps(anat.names, indent=1))
 
     for tr in traps:
-        tr["suvmax_noisy"] = _trap_suvmax(tr, clean, noisy, anat, lm)
+        tr["suvmax_noisy"] = _trap_suvmax(tr, clean, noisy)
     truth = {
         "case": case,
         "description": c.description,
@@ -371,11 +371,13 @@ def _lesion_truth(lesions, pet_img, clean, noisy, case: RealCase) -> list[dict]:
     for k, les in enumerate(lesions):
         inside = _pet_box(pet_img, les.center, les.semi, PET_PIXEL_MM / 2)
         suvmax, suvmax_noisy = float(clean[inside].max()), float(noisy[inside].max())
+        core = _pet_box(pet_img, les.center, les.semi, 0.0)  # the node's own voxels, without its neighbours
+        core_noisy = float(noisy[core].max()) if core.any() else suvmax_noisy
         positive = les.role in ("positive", "primary")
         if les.role == "positive" and not (suvmax >= POSITIVITY_SUV and suvmax > 1.5 * bp):
             raise AssertionError(f"{case.name}: node {les.station} meant positive has SUVmax {suvmax:.2f}")
-        if les.kind == "node" and not positive and suvmax_noisy >= DISTRACTOR_MAX_SUV:
-            raise AssertionError(f"{case.name}: distractor {les.station} too avid ({suvmax_noisy:.2f})")
+        if les.kind == "node" and not positive and core_noisy >= DISTRACTOR_MAX_SUV:
+            raise AssertionError(f"{case.name}: distractor {les.station} too avid ({core_noisy:.2f})")
         out.append({"index": k, "kind": les.kind, "station": les.station, "side": les.side, "role": les.role,
                     "center_mm": [round(v, 2) for v in les.center], "semi_axes_mm": [round(v, 2) for v in les.semi],
                     "short_axis_mm": round(2 * min(les.semi[:2]), 2), "intrinsic_suv": round(les.suv, 3),
@@ -385,7 +387,8 @@ def _lesion_truth(lesions, pet_img, clean, noisy, case: RealCase) -> list[dict]:
     return out
 
 
-def _trap_suvmax(trap: dict, clean_img: sitk.Image, noisy: np.ndarray, anat: RealAnatomy, lm: Landmarks) -> float | None:
+def _trap_suvmax(trap: dict, clean_img: sitk.Image, noisy: np.ndarray) -> float | None:
+    """The stored PET's maximum over a focal trap (None for regional traps)."""
     if "center_mm" in trap:
         m = _pet_box(clean_img, trap["center_mm"], (trap["radius_mm"],) * 3, PET_PIXEL_MM / 2)
         return round(float(noisy[m].max()), 3)

@@ -78,7 +78,7 @@ def _small(station: str) -> RealNode:
     return RealNode(station, "small_subthreshold", 3.5)
 
 
-# primary key -> (side, lobe, preferred centre offset from the lobe's centroid, mm)
+# primary key -> (side, lobe); the centre is drawn by seed among points deep enough in the lobe
 PRIMARY_LOBES: dict[str, tuple[str, str]] = {
     "right_upper": ("right", "lung_upper_lobe_right"),
     "right_lower": ("right", "lung_lower_lobe_right"),
@@ -130,6 +130,7 @@ class Landmarks:
     manubrium_top_z: float
     lung_apex_z: float
     bcv_crossing_z: float  # caudal margin of the left brachiocephalic vein where it crosses the midline
+    pulmonary_artery_top_z: float  # the heart label's top: TotalSegmentator's heart here includes the trunk
     ge_junction_z: float
     scan_top_z: float
     trachea_xy: dict[int, tuple[float, float]]  # slice -> centre, above the carina
@@ -140,6 +141,7 @@ class Landmarks:
         return {"carina": self.carina_z, "aortic_arch_upper_border": self.arch_top_z,
                 "manubrium_upper_border": self.manubrium_top_z, "lung_apex": self.lung_apex_z,
                 "left_brachiocephalic_vein_crossing_caudal_margin": self.bcv_crossing_z,
+                "pulmonary_artery_upper_rim": self.pulmonary_artery_top_z,
                 "gastroesophageal_junction": self.ge_junction_z, "scan_top": self.scan_top_z}
 
 
@@ -210,7 +212,7 @@ def find_landmarks(space: Space) -> Landmarks:
     return Landmarks(
         carina_z=space.z(carina_k) + space.spacing[2] / 2, carina_xy=carina_xy, arch_top_z=arch_top,
         manubrium_top_z=space.z_extent("sternum")[1], lung_apex_z=space.z_extent(*lungs)[1],
-        bcv_crossing_z=bcv_z, ge_junction_z=space.z_extent("esophagus")[0],
+        bcv_crossing_z=bcv_z, pulmonary_artery_top_z=space.z_extent("heart")[1], ge_junction_z=space.z_extent("esophagus")[0],
         scan_top_z=space.z(space.labels.shape[0] - 1), trachea_xy=above, esophagus_xy=_centres(space, "esophagus"),
         bronchus_xy=_bronchi(space, trachea, carina_k, carina_xy[0]))
 
@@ -253,11 +255,12 @@ def station_rule(station: str, lm: Landmarks) -> Rule:
         "2L": Rule((at + 3, mt), "trachea", (8, 30), (-12, 12), (16, 0, (at + mt) / 2)),
         # 4R: vein crossing to the azygos arch (just above the carina), right of the trachea's left wall
         "4R": Rule((c + 3, bcv), "trachea", (-35, -4), (-30, 8), (-16, -6, (c + bcv) / 2)),
-        # 4L: arch top to the left main pulmonary artery, medial to the ligamentum
-        "4L": Rule((c - 3, at - 15), "trachea", (12, 30), (-10, 20), (16, 5, c + 8)),
+        # 4L: below the arch top, down to the upper rim of the left main pulmonary artery
+        "4L": Rule((lm.pulmonary_artery_top_z + 2, at - 6), "trachea", (10, 30), (-12, 20),
+                   (15, 5, lm.pulmonary_artery_top_z + 4)),
         # 5: below the arch, lateral to the ligamentum (proxy: 28 mm left of the airway); 6: left of the arch
         "5": Rule((at - 28, at - 18), "trachea", (20, 50), (-15, 20), (30, 5, at - 23)),
-        "6": Rule((at - 25, at - 2), "trachea", (25, 60), (-45, -5), (35, -22, at - 12)),
+        "6": Rule((at - 20, at - 2), "trachea", (25, 55), (-35, 5), (33, -15, at - 10)),
         "3a": Rule((c, mt - 10), "trachea", (-30, 15), (-70, -30), (-5, -50, (c + mt) / 2)),
         "3p": Rule((c + 5, mt - 10), "trachea", (-25, 8), (10, 35), (-10, 20, (c + mt) / 2)),
         "7": Rule((c - 30, c - 6), "carina", (-15, 22), (-5, 35), (3, 15, c - 16)),

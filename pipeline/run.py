@@ -95,7 +95,7 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         if_equivocal = stage(side, sorted(set(positive) | set(equivocal))) if equivocal else staging
         if primary is None:
             warnings.append("primary tumour not found: the side is unknown")
-        if not findings.lesions:
+        if not any(l.status != NodeStatus.ENLARGED_NON_AVID for l in findings.lesions):
             warnings.append("no FDG-avid lesion above the threshold")
 
     result = StudyResult(

@@ -61,7 +61,9 @@ def test_esophageal_uptake_and_a_focal_node_on_the_esophagus():
     suv = (band + 0.5 + gaussian(SHAPE, (40, 60, 50), 3.0, 0.5)).astype(np.float32)  # a gentle bump
     assert _site(ct, suv, {"esophagus": eso}, (40, 60, 50), radius_mm=30) == PhysiologicSite.ESOPHAGEAL
     focal = np.maximum(suv, gaussian(SHAPE, (40, 60, 56), 4.0, 9.0))  # a node 9 on the wall: focal
-    assert _site(ct, focal, {"esophagus": eso}, (40, 60, 56), radius_mm=8) is None
+    assert _site(ct, focal, {"esophagus": eso}, (40, 60, 56), radius_mm=8, soft_mm=12.0) is None
+    # The same focal spot with no soft-tissue nodule outside the esophagus: focal esophageal uptake.
+    assert _site(ct, focal, {"esophagus": eso}, (40, 60, 56), radius_mm=8, soft_mm=2.0) == PhysiologicSite.ESOPHAGEAL
 
 
 def test_esophageal_gas_names_the_lumen_without_a_label():

@@ -73,7 +73,9 @@ def test_summary_text_fits_and_states_the_equivocal_stage(equivocal_result):
     assert "Equivocal: 1R" in header
     findings = [t.text for t in layout.texts if t.role == "finding"]
     assert any(re.match(r"1\. Primary tumour, left lower lobe: SUVmax \d+\.\d", f) for f in findings)
-    assert any(f.startswith(tuple(f"{n}. 1R, equivocal node: SUVmax" for n in range(2, 9))) for f in findings)
+    assert any(f.startswith(tuple(f"{n}. Station 1R, equivocal node: SUVmax" for n in range(2, 9))) for f in findings)
+    labels = [t.text for t in layout.texts if t.role == "label"]  # on the MIP: number and station
+    assert "1" in labels and any(re.fullmatch(r"\d: 1R", l) for l in labels), labels
     assert [t.text for t in layout.texts if t.role == "heading"][:2] == ["Findings", "Reference regions"]
     references = " ".join(t.text for t in layout.texts if t.role == "reference")
     assert "Blood pool: SUVmean 1.80 +/- 0.20" in references and "CV 14 %" in references
@@ -210,6 +212,20 @@ def test_sr_station_statuses_read_back_with_dcmqi(written, tmp_path):
     (staging,) = [g for g in data["Measurements"] if g["TrackingIdentifier"] == "N staging"]
     values = {(e["conceptCode"]["CodeValue"], e["conceptValue"]["CodeValue"]) for e in staging["qualitativeEvaluations"]}
     assert {("NCAT-TNM8-EQV", "N3"), ("NCAT-TNM9-EQV", "N3"), ("EQV-STATION", "1R")} <= values
+
+
+def test_every_output_carries_the_uptake_warning(written):
+    result, paths = written
+    for name in ("seg", "summary"):
+        ds = pydicom.dcmread(paths[name], stop_before_pixels=True)
+        assert UPTAKE_WARNING in ds.ImageComments, name
+        assert dciodvfy(paths[name])[1] == [], name
+    sr = pydicom.dcmread(paths["sr"])
+    (container,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    texts = [i.TextValue for i in container.ContentSequence
+             if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "WARNING"]
+    assert UPTAKE_WARNING in texts
+    assert UPTAKE_WARNING in json.loads(paths["result"].read_text())["warnings"]
 
 
 def test_result_json_carries_the_three_tier_fields(written):

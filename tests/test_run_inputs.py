@@ -16,7 +16,8 @@ from tests.nnunet_fake import write_fake_model
 def test_no_lesion_gives_n0_with_a_reason(phantom_studies):
     settings = PipelineSettings(lesions=LesionSettings(fixed_suv=1000.0))
     result = run_study(phantom_studies["n2b_right_4r_7"].out_dir / "dicom", settings)
-    assert result.lesions == []
+    # Only CT findings remain: enlarged soft tissue in station regions, found without any uptake, never counted.
+    assert all(l.status == "enlarged_non_avid" and not l.positive for l in result.lesions)
     assert result.n_tnm8 == "N0" and result.n_tnm9 == "N0"
     assert any("no positive regional node" in r for r in result.staging["reasons"])
     assert any("no FDG-avid lesion" in w for w in result.warnings)
@@ -51,7 +52,7 @@ def test_no_primary_gives_nx(phantom_studies, tmp_path):
     assert result.involved_stations == ["4R"]
     assert result.n_tnm8 == "NX" and result.n_tnm9 == "NX"
     assert any("unknown" in r for r in result.staging["reasons"])
-    assert any("primary tumour not found" in w for w in result.warnings)
+    assert any("no FDG-avid lesion" in w for w in result.warnings)
 
 
 def test_study_without_pet_is_a_clear_error(phantom_studies, tmp_path):

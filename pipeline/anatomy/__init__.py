@@ -1,4 +1,4 @@
-"""Anatomy of the chest CT: one interface, two backends.
+"""Anatomy of the chest CT: one interface, three backends.
 
 `segment(ct, settings)` returns an `Anatomy`: a single label image on the exact
 CT grid plus a table of canonical structure names (see `pipeline.anatomy.names`)
@@ -13,13 +13,21 @@ to label values. Backends are chosen by name:
 - ``totalsegmentator``: the TotalSegmentator ``total`` task, run offline from
   weights already on disk, with its usage statistics turned off. See
   `pipeline.anatomy.totalseg`.
+- ``labelmap``: a TotalSegmentator-named label map computed elsewhere, read from
+  disk, with the TotalSegmentator backend's additions. See `pipeline.anatomy.labelmap`.
+
+The package: `model` (the `Anatomy`, settings, errors), `names` (structure names and
+label values), `classical/` (one module per organ group), `totalseg`, `labelmap`, and
+`reference` (Dice and landmark distances against a reference label map).
 
 Names. TotalSegmentator v2 names are used where TotalSegmentator has the
 structure (``trachea``, ``aorta``, ``sternum``, the lung lobes ...). Our own names
 cover the rest: ``body``, ``lung_left``/``lung_right`` (whole lungs, when a
 backend has no lobes), ``main_bronchus_left``/``main_bronchus_right``,
-``bronchus_intermedius`` and ``spine`` (all vertebrae as one structure, from the
-classical backend; TotalSegmentator gives ``vertebrae_T1`` ... instead).
+``bronchus_intermedius``, ``larynx_pharynx_air`` (the air above the cricoid:
+not lung, not trachea), ``pulmonary_artery``, and, from the classical backend,
+``spine`` and ``ribs`` (all vertebrae, all ribs as one structure each;
+TotalSegmentator gives ``vertebrae_T1`` ..., ``rib_left_1`` ... instead).
 
 Derived masks. `Anatomy.mask` also answers for a few names that are unions of
 labels, so callers need not know which backend ran:
@@ -32,7 +40,9 @@ labels, so callers need not know which backend ran:
 - ``body``: the container. Every labelled voxel lies inside the body, so
   ``mask("body")`` is ``labels > 0`` whenever the ``body`` label exists.
 
-Landmarks are points in patient coordinates (LPS, mm), e.g. ``carina``.
+Landmarks are points in patient coordinates (LPS, mm): ``carina``; ``cricoid`` (the
+top of the trachea; absent when the scan starts below it); ``lung_apex_left`` and
+``lung_apex_right`` (classical backend).
 """
 
 from __future__ import annotations

@@ -86,6 +86,8 @@ def detect_lesions(volumes, anatomy: Anatomy, station_map, settings: PipelineSet
     enlarged = enlarged_ct_candidates(volumes, anatomy, station_map, labels > 0, pos)
     lesions, out_labels = measure_and_name(volumes, anatomy, station_map, labels, n, settings, refs, study_uid,
                                            enlarged, component_of)
+    if not any(l.kind == LesionKind.PRIMARY for l in lesions):
+        warnings.append("no FDG-avid lesion in or against the lung: primary tumour not found")
     label_img = sitk.GetImageFromArray(out_labels)
     label_img.CopyInformation(volumes.ct)
     return LesionFindings(lesions, label_img, blood_pool, liver, threshold, rule, reading.describe_rule(pos),
@@ -186,20 +188,23 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
     peak = tuple(int(v) for v in np.array(lp) + offset)
     c_index = np.argwhere(local).mean(axis=0) + offset
     values = s_local[local]
-    shell_d = ndimage.distance_transform_edt(~local, sampling=sp)
-    shell = (shell_d > SHELL_MM[0]) & (shell_d <= SHELL_MM[1])
-    lung_fraction = float(lung[sl][shell].mean()) if lung is not None and shell.any() else 0.0
-    side, lobe = None, None
-    if lung_fraction >= classify.PRIMARY_MIN_SHELL_FRACTION:
-        side, lobe = classify.lung_side(anatomy_arr[sl], anatomy.names,
-                                        {k: (m[sl] if m is not None else None) for k, m in lungs.items()}, local, sp)
-    body = local if ct_only else node_soft_tissue(np.asarray(ct[sl]), local, tuple(int(v) for v in lp), sp,
-                                                  None if named is None else named[sl])
+    peak_mm = physical(ct_img, peak)
+    organ = None if ct_only else physiologic.abdominal_organ_at(anatomy, peak)
+    below = not ct_only and (organ is not None or diaphragm.below(peak, peak_mm))  # in the liver is below it
+    lung_fraction, side, lobe = 0.0, None, None
+    if not below:  # below the diaphragm nothing is staged: skip the thoracic measurements
+        shell_d = ndimage.distance_transform_edt(~local, sampling=sp)
+        shell = (shell_d > SHELL_MM[0]) & (shell_d <= SHELL_MM[1])
+        lung_fraction = float(lung[sl][shell].mean()) if lung is not None and shell.any() else 0.0
+        if lung_fraction >= classify.PRIMARY_MIN_SHELL_FRACTION:
+            side, lobe = classify.lung_side(anatomy_arr[sl], anatomy.names,
+                                            {k: (m[sl] if m is not None else None) for k, m in lungs.items()},
+                                            local, sp)
+    body = local if (ct_only or below) else node_soft_tissue(np.asarray(ct[sl]), local, tuple(int(v) for v in lp),
+                                                             sp, None if named is None else named[sl])
     soft_mm = short_axis_mm(body, sp)
     short = soft_mm if body.any() else short_axis_mm(local, sp)
     suvmax = float(values.max()) if ct_only else float(max(pet_max.get(lab, 0.0), values.max()))
-    peak_mm = physical(ct_img, peak)
-    below = not ct_only and diaphragm.below(peak, peak_mm)
     station, station_mm = classify.station_at(stations, value_to_station, peak, sp)
     c = classify.Candidate(
         label=lab, sl=sl, local=local, peak=peak, centroid_mm=physical(ct_img, c_index), peak_mm=peak_mm,
@@ -209,7 +214,7 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
         lung_fraction=lung_fraction, side_by_position=side, lobe=lobe, below_diaphragm=below,
         in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only)
     if below:
-        c.abdominal_organ = physiologic.abdominal_organ_at(anatomy, peak)
+        c.abdominal_organ = organ
     elif not ct_only and lung_fraction < classify.INTRAPULMONARY_SHELL_FRACTION:
         c.physiologic = physiologic.physiologic_site(ctx, sl, local, peak, float(s_local[lp]),
                                                      soft_mm, central_mass=c.central_mass)

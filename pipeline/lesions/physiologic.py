@@ -18,7 +18,9 @@ itself), in the order a reader rules things out:
   hotter than the heart's 95th-percentile SUV (then the focus lights the heart);
 - esophageal: the peak in the esophageal wall or lumen, or uptake running along
   the esophagus — unless the peak is *focal*, at least 1.3 × the esophageal uptake
-  15–30 mm above and below it (a node on the esophagus keeps its own peak);
+  15–30 mm above and below it, with a soft-tissue nodule (≥ 5 mm) outside the
+  esophagus under it (a node on the esophagus keeps its own peak and body; a
+  focal spot in the esophagus itself, e.g. distal esophagitis, stays esophageal);
 - vascular: the peak inside a labelled great vessel (eroded 2 mm) with most of the
   focus in vessels;
 - brown fat: the peak in fat density (−150 to −50 HU on CT smoothed to PET
@@ -71,6 +73,7 @@ ESOPHAGUS_WALL_MM = 2.0
 ESOPHAGUS_NEAR_MM = 5.0
 ESOPHAGUS_FOCAL_RATIO = 1.3
 ESOPHAGUS_BACKGROUND_MM = (15.0, 30.0)
+ESOPHAGUS_NODULE_MIN_MM = 5.0  # a focal spot is a node only with a soft-tissue nodule this wide outside the esophagus
 ESOPHAGUS_GAS_REACH_MM = 6.0
 ESOPHAGUS_GAS_MIN_VOXELS = 3
 GAS_HU = -400.0
@@ -196,6 +199,10 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
                          else "beside gas in the esophageal lumen")
                 bg = "" if background is None else f", not focal (esophagus 15-30 mm away: SUV {background:.1f})"
                 return PhysiologicSite.ESOPHAGEAL, f"esophageal: the peak is {where}{bg}"
+            if soft_tissue_mm < ESOPHAGUS_NODULE_MIN_MM:
+                return PhysiologicSite.ESOPHAGEAL, (f"esophageal: focal uptake in the esophagus (SUV {peak_suv:.1f}, "
+                                                    f"{peak_suv / background:.1f}x the esophagus 15-30 mm away) "
+                                                    "with no soft-tissue nodule beside it")
             focal_on_esophagus = True
 
     vessels = _local(ctx.mask("vessels"), sl)

@@ -4,17 +4,19 @@ The default rule, configurable in `PositivitySettings`:
 
 - **References.** Mediastinal blood pool (descending aorta) and the PERCIST liver
   (3 cm sphere, right lobe), each mean and SD (`pipeline.lesions.references`).
-- **Negative**: SUVmax at or below the blood-pool mean — the visual criterion
-  most FDG-PET/CT staging studies use for "not avid" (uptake ≤ mediastinum;
-  e.g. Hellwig et al., Nuklearmedizin 2009;48:59; the Deauville score 2 analogue).
+- **Negative**: SUVmax at or below the blood-pool mean — the visual "not more
+  avid than the mediastinum" criterion of nodal staging reads, and the
+  mediastinal reference of the Deauville scale (score ≤ 2; Barrington et al.,
+  J Clin Oncol 2014;32:3048).
   A negative node with a CT short axis ≥ 10 mm is `enlarged_non_avid`: reported
-  (the CT size criterion, Glazer/IASLC), never counted for N.
+  (the CT size criterion; Glazer et al., AJR 1985;144:261), never counted for N.
 - **Positive**: SUVmax above the blood pool AND SUVpeak above the PERCIST liver
   threshold, 1.5 × liver mean + 2 SD (Wahl et al., J Nucl Med 2009;50:122S). The
   second criterion is noise-aware (a 1 cm³ mean instead of one voxel, and a
   threshold that grows with the liver's SD) and relative to the patient's own
   liver, so it holds for delayed scans and other scanners where an absolute
-  cut-off (SUVmax ≥ 2.5, Bryant et al., Ann Thorac Surg 2006;82:417) shifts. The
+  cut-off (SUVmax ≥ 2.5; nodal SUVmax vs pathology: Bryant et al., Ann Thorac
+  Surg 2006;82:417) shifts with uptake time and reconstruction. The
   absolute cut-off is available as `second_criterion: suvmax_cutoff`, and is the
   fallback when there is no liver reference and the uptake time is standard.
 - **Small nodes** (short axis < `min_reliable_short_axis_mm`, 10 mm, about 2 × the
@@ -25,7 +27,8 @@ The default rule, configurable in `PositivitySettings`:
 - **Equivocal**: above the blood pool without the second criterion; for a small
   node the reason says it is too small for its SUV to be trusted (a negative
   reading could be partial volume).
-- **Uptake time** outside 45–75 min (EANM 2015: 60 ± 10 min; PERCIST: 50–70):
+- **Uptake time** outside 45–75 min (EANM: 60 ± 10 min, Boellaard et al., EJNMMI
+  2015;42:328; PERCIST: 50–70 min):
   the reason says so, and the decision rests on the reference ratios only (no
   absolute cut-off).
 

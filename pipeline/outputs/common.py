@@ -284,6 +284,19 @@ def drop_incomplete_clinical_trial_subject(ds: Dataset) -> bool:
     return True
 
 
+IMAGE_COMMENTS_MAX = 10240  # ImageComments is LT
+
+
+def add_warnings(ds: Dataset, result: StudyResult) -> None:
+    """Put the study's warnings (uptake time, noise, ...) in ImageComments (General Image module).
+
+    Every output carries them (issue 12): the SR as text items, the summary burned in, and
+    the SEG and the summary here, where a viewer's header panel shows them.
+    """
+    if result.warnings:
+        ds.ImageComments = "; ".join(result.warnings)[:IMAGE_COMMENTS_MAX]
+
+
 def study_datasets_for_notes(settings: OutputSettings) -> dict:
     """Attributes that mark research use (ContentQualification) when the note is on."""
     return {"content_qualification": "RESEARCH"} if settings.research_note else {}

@@ -170,6 +170,7 @@ def build_lesion_seg(result: StudyResult, source_ct: Sources = None,
     descriptions = [_segment_description(p.number, p.lesion, result) for p in planned]
     seg = _build(sources, result.lesion_labels, mapping, descriptions, settings,
                  settings.series_number_base, "lesions", "LESIONS")
+    common.add_warnings(seg, result)
     logger.info("lesion SEG: %d segments, %d frames", len(descriptions), int(seg.NumberOfFrames))
     return seg
 

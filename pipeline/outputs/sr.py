@@ -27,7 +27,7 @@ with today's SCT codes where that one has the retired SRT ones):
   if equivocal stations were positive), each station's status, the involved
   stations, the positivity rule, the staging reasons, each node's
   decision with its numbers, stations not assessable, the landmark proxies, the
-  backends and the intended-use note.
+  backends, the warnings (uptake time, noise) and the intended-use note.
 """
 
 from __future__ import annotations
@@ -334,12 +334,11 @@ def build_sr(result: StudyResult, seg: Dataset | str | Path | None, settings: Ou
     groups = [_group(result, p.number, p.lesion, seg_ds, spanned[p.number], algorithm) for p in planned]
     groups.append(staging_group(result, algorithm))
     groups += station_groups(result, algorithm)
-    # Image Library: the PET slices of each lesion's SUVmax and SUVpeak (as in the real lymph-node SR;
-    # every spanned slice would be ~16 content items each, most of the SR's size and time). The CT is
+    # Image Library: the PET slice of each lesion's SUVmax (as in the real lymph-node SR; every
+    # spanned slice would be ~16 content items each, most of the SR's size and time). The CT is
     # referenced as a whole series by every group's "source series for segmentation".
     library_slices = {ds.SOPInstanceUID: ds for p in planned for ds in _slices_near(
-        spanned[p.number], None if p.lesion.peak_mm is None else np.array(p.lesion.peak_mm, float),
-        PEAK_SPHERE_RADIUS_MM)}
+        spanned[p.number], None if p.lesion.peak_mm is None else np.array(p.lesion.peak_mm, float), 0.0)}
     library = [_slim(ds) for ds in library_slices.values()]
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,

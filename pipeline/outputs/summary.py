@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 SUV_WINDOW = 6.0  # MIP and fused images: SUVbw 0 .. 6
 CT_WINDOW_HU = (-160.0, 240.0)  # mediastinal window
 BODY_HU = -500.0  # the key image is cropped to the body on its slice
+BODY_MARGIN_PX = 3  # kept around the body mask (skin, blankets) when the rest of the slice is blanked
 BODY_MIN_FRACTION = 0.02  # of the largest region: smaller ones (tubes, noise) do not widen the crop
 CANVAS_WIDTH = 1280
 MARGIN = 16
@@ -188,12 +189,13 @@ def numbered_findings(result: StudyResult) -> list[Lesion]:
 
 
 def finding_text(number: int, lesion: Lesion) -> str:
-    """'2. 4R, positive node: SUVmax 6.1, SUVpeak 4.2, short axis 12 mm'."""
+    """'2. Station 4R, positive node: SUVmax 6.1, SUVpeak 4.2, short axis 12 mm'."""
     category = common.lesion_category(lesion)
     if category == Category.PRIMARY:
         return (f"{number}. Primary tumour, {common.lesion_site(lesion)}: SUVmax {lesion.suvmax:.1f}, "
                 f"MTV {lesion.mtv_ml:.1f} ml")
-    return (f"{number}. {lesion.station or 'no station'}, {common.CATEGORY_LABELS[category]}: "
+    station = f"Station {lesion.station}" if lesion.station else "No station"
+    return (f"{number}. {station}, {common.CATEGORY_LABELS[category]}: "
             f"SUVmax {lesion.suvmax:.1f}, SUVpeak {lesion.suvpeak:.1f}, short axis {lesion.short_axis_mm:.0f} mm")
 
 
@@ -404,7 +406,11 @@ def key_image(result: StudyResult, lesion: Lesion, tile: int = KEY_TILE, grids=N
     at = np.array(lesion.peak_mm if lesion.peak_mm is not None else lesion.centroid_mm, float)
     k = int(np.clip(round((at[2] - lo[2]) / sz), 0, ct.shape[0] - 1))
     ct_slice = np.asarray(ct[k], dtype=np.float32)
-    body = np.argwhere(_body_mask(ct_slice))
+    body_mask = _body_mask(ct_slice)
+    # The square crop reaches past the body: show air there, not the scanner table.
+    shown = ndimage.binary_dilation(ndimage.binary_fill_holes(body_mask), iterations=BODY_MARGIN_PX)
+    ct_slice = np.where(shown, ct_slice, -1000.0)
+    body = np.argwhere(body_mask)
     if len(body):
         (br0, bc0), (br1, bc1) = body.min(axis=0), body.max(axis=0)
     else:
@@ -513,7 +519,7 @@ def render_summary_with_layout(result: StudyResult, settings: OutputSettings | N
         layout.drawn.append((lesion, category))
         if lesion.label_value in number_of:  # only numbered findings get a label
             n = number_of[lesion.label_value]
-            text = f"{n}" if category == Category.PRIMARY else f"{n} {lesion.station or ''}".strip()
+            text = f"{n}" if category == Category.PRIMARY or not lesion.station else f"{n}: {lesion.station}"
             near = (near[0] + body_y, near[1] + MARGIN, near[2] + body_y, near[3] + MARGIN)
             x, y, box = _place_label(text, label_font, near, layout.mip_box, taken)
             taken.append(box)
@@ -564,7 +570,8 @@ def render_summary_with_layout(result: StudyResult, settings: OutputSettings | N
                 layout.key_images.append(KeyImage(station, number, lesion, tile, (x, y)))
                 category = common.lesion_category(lesion)
                 caption = _Writer(layout, x, y + KEY_TILE + 4, KEY_TILE)
-                caption.add(f"{number}. {station}, {common.CATEGORY_LABELS[category]}: SUVmax {lesion.suvmax:.1f}",
+                caption.add(f"{number}. Station {station}, {common.CATEGORY_LABELS[category]}: "
+                            f"SUVmax {lesion.suvmax:.1f}",
                             FONT_BODY, common.COLOURS[category], role="caption", category=category)
                 row_bottom = max(row_bottom, caption.y)
                 circles.append(((x, y), circle, common.COLOURS[category], str(number)))
@@ -650,6 +657,7 @@ def build_summary(result: StudyResult, pixels: np.ndarray, settings: OutputSetti
     # A thorax projection: CHEST is not a paired part, so no series Laterality applies.
     sc.BodyPartExamined = "CHEST"
     common.drop_incomplete_clinical_trial_subject(sc)
+    common.add_warnings(sc, result)
     sc.DerivationDescription = ("coronal maximum-intensity projection of PET SUVbw with finding outlines, "
                                 "and axial fused PET/CT key images")
     return sc

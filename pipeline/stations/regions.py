@@ -76,7 +76,7 @@ class _Esophagus:
 
     mask: np.ndarray
     present: bool
-    d_wall: np.ndarray          # in-plane distance to its wall (mm)
+    d_wall: np.ndarray          # in-plane distance to its wall (mm), from the carina down
     cx: np.ndarray              # per-slice centre x, y (mm; broadcastable)
     cy: np.ndarray
     k_low: int                  # slices below this index lie below station 7
@@ -264,7 +264,8 @@ def _esophagus(ctx: _Ctx) -> _Esophagus | None:
         cy = np.full((nz, 1, 1), aw.y_c + 15.0 if ctx.has_carina else 0.0)
         ctx.notes.append(f"proxy: no esophagus label; station 8 = mediastinal space behind a line 10 mm in front "
                          f"of the carina, within {PARAESOPHAGEAL_PROXY_MM:g} mm of the carina's x, split there")
-    return _Esophagus(mask=eso, present=present, d_wall=dist_inplane(w, eso, 0, k_low), cx=cx, cy=cy, k_low=k_low,
+    k_wall = max(k_low, w.k_of(z["carina"]) + 1) if ctx.has_carina else k_low
+    return _Esophagus(mask=eso, present=present, d_wall=dist_inplane(w, eso, 0, k_wall), cx=cx, cy=cy, k_low=k_low,
                       d_lung_r=dist_inplane(w, ctx.lung_r, 0, k_low), d_lung_l=dist_inplane(w, ctx.lung_l, 0, k_low))
 
 
@@ -311,8 +312,9 @@ def _subcarinal_column(ctx: _Ctx) -> tuple[np.ndarray, np.ndarray]:
 
 def _station7(ctx: _Ctx, eso: _Esophagus | None, x_rmed: np.ndarray, x_lmed: np.ndarray) -> None:
     """7: between the bronchi, from in front of the carina back to the esophagus's posterior wall
-    (SUBCARINAL_POSTERIOR_MM behind the carina where no esophagus is seen), down to the bronchus
-    intermedius (right half) and the left lower lobe bronchus (left half)."""
+    (SUBCARINAL_POSTERIOR_MM behind the carina where no esophagus is seen), plus the fat within
+    PARAESOPHAGEAL_NEAR_MM of the esophagus, down to the bronchus intermedius (right half) and the
+    left lower lobe bronchus (left half)."""
     if not ctx.have("station7_lower_right", "station7_lower_left"):
         return
     w, aw, z = ctx.w, ctx.aw, ctx.z
@@ -324,8 +326,12 @@ def _station7(ctx: _Ctx, eso: _Esophagus | None, x_rmed: np.ndarray, x_lmed: np.
             if col.any():
                 back[k] = max(back[k], float(w.y[np.nonzero(col)[0]].max()) + w.sp / 2)
     z7 = np.where(X < aw.x_c, z["station7_lower_right"], z["station7_lower_left"])
-    ctx.put(ctx.med & ctx.below & (X >= x_rmed) & (X <= x_lmed) & (Z >= z7)
-            & (Y >= aw.y_c - SUBCARINAL_ANTERIOR_MM) & (Y <= back[:, None, None]), "7")
+    subcarinal = ctx.med & ctx.below & (Z >= z7) & (Y >= aw.y_c - SUBCARINAL_ANTERIOR_MM)
+    ctx.put(subcarinal & (X >= x_rmed) & (X <= x_lmed) & (Y <= back[:, None, None]), "7")
+    if eso is not None and eso.present:
+        # Down to its lower border, the fat hugging the esophagus (the azygo-esophageal recess) is 7 too:
+        # station 8 only begins below it.
+        ctx.put(subcarinal & (eso.d_wall <= PARAESOPHAGEAL_NEAR_MM), "7")
 
 
 def _hilar_zones(ctx: _Ctx) -> dict[str, np.ndarray]:

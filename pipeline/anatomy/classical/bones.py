@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.anatomy.classical.grid import BONE_HU, Work, ball, disk, fill_small_holes, hull_fill, largest
+from pipeline.anatomy.classical.grid import BONE_HU, Work, ball, bbox, disk, fill_small_holes, hull_fill, largest
 
 # the clavicles are searched from this far below the lung apices up; where one joins the first rib or the
 # scapula in that box, again in a smaller one
@@ -293,16 +293,17 @@ def find_ribs(w: Work, body, lungs, exclude) -> np.ndarray | None:
     if lz.size == 0:
         return None
     bone = (w.hu > RIB_HU) & body & ~exclude
-    region = np.zeros(bone.shape, bool)
-    for z in np.nonzero(bone.any(axis=(1, 2)))[0]:
-        if z > lz[-1]:
-            continue
+    ribs = np.zeros(bone.shape, bool)
+    for z in np.nonzero(bone[: lz[-1] + 1].any(axis=(1, 2)))[0]:
         if lungs[z].any():
             hull = hull_fill(lungs[z])
-            region[z] = ~hull & (ndi.distance_transform_edt(~hull, sampling=w.sp[1:]) <= RIB_SHELL_MM)
+            pad = tuple(int(np.ceil(RIB_SHELL_MM / s)) + 1 for s in w.sp[1:])
+            box = bbox(hull, pad=pad)
+            near = ~hull[box] & (ndi.distance_transform_edt(~hull[box], sampling=w.sp[1:]) <= RIB_SHELL_MM)
+            ribs[z][box] = bone[z][box] & near
         else:
-            region[z] = ndi.distance_transform_edt(body[z], sampling=w.sp[1:]) <= RIB_DEPTH_MM
-    ribs = bone & region
+            box = bbox(body[z], pad=1)
+            ribs[z][box] = bone[z][box] & (ndi.distance_transform_edt(body[z][box], sampling=w.sp[1:]) <= RIB_DEPTH_MM)
     lab, n = ndi.label(ribs, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return None

@@ -1,4 +1,13 @@
-"""The heart, and proxies of the great veins and the pulmonary artery."""
+"""The heart, and proxies of the great veins and the pulmonary artery.
+
+The heart (`find_heart`) is the large soft-tissue mass between the lungs, from 25 mm
+below the carina (above it lie the hila, the left atrium and the pulmonary arteries,
+where a central tumour must not be taken for heart) down to the diaphragm. The liver
+and the organs under the left dome touch it through the diaphragm, so it is split
+from them by a watershed (see `pipeline.anatomy.classical.liver`). The SVC, the right
+brachiocephalic vein and the pulmonary artery are proxies, so that their lumens are
+not read as nodes (`find_great_veins_and_pa`).
+"""
 
 from __future__ import annotations
 
@@ -70,7 +79,7 @@ HEART_TOP_BELOW_CARINA_MM = 25.0
 
 def find_heart(w: Work, body, lung_l, lung_r, taken, carina_idx, sternum=None,
                subphrenic: list[tuple[np.ndarray, int]] | None = None) -> np.ndarray | None:
-    """The heart (non-contrast or contrast CT). See the module docstring.
+    """The heart (non-contrast or contrast CT).
 
     Candidates: soft tissue or contrast blood (HEART_HU, on a CT smoothed by ~1.5 mm
     against low-dose noise) inside the convex hull of the lungs (and sternum), slice by

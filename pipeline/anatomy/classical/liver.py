@@ -62,14 +62,13 @@ def subphrenic_marker(w: Work, lung: np.ndarray, body: np.ndarray, exclude: np.n
     z_base = np.where(has, np.argmax(low, axis=0), -1)  # the lowest lung voxel of each column
     dome_top = int(round(np.percentile(z_base[has], DOME_TOP_PERCENTILE)))
     cols = has & (z_base >= dome_top - int(round(DOME_TOP_BAND_MM / w.sp[0])))
-    zz = np.arange(lung.shape[0])[:, None, None]
-    below = z_base[None] - zz
     lo, hi = (int(round(v / w.sp[0])) for v in SUBPHRENIC_BAND_MM)
-    depth = np.stack([ndi.distance_transform_edt(b, sampling=w.sp[1:]) if b.any() else np.zeros(b.shape)
-                      for b in body[: z_mid + 1]])
     marker = np.zeros(lung.shape, bool)
-    marker[: z_mid + 1] = (cols[None] & (below[: z_mid + 1] >= lo) & (below[: z_mid + 1] <= hi)
-                           & (depth >= MARKER_MIN_DEPTH_MM))
+    for z in range(max(0, int(z_base[cols].min()) - hi), max(0, dome_top - lo + 1)):
+        below = z_base - z
+        band = cols & (below >= lo) & (below <= hi)
+        if band.any():  # not the body wall: MARKER_MIN_DEPTH_MM under the skin
+            marker[z] = band & (ndi.distance_transform_edt(body[z], sampling=w.sp[1:]) >= MARKER_MIN_DEPTH_MM)
     soft = (w.hu > -30.0) & (w.hu < 250.0)
     marker &= soft & body & ~exclude & ~lung
     return (marker, dome_top) if marker.sum() * float(np.prod(w.sp)) / 1000.0 >= 5.0 else None
