@@ -122,6 +122,26 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score the silent-mode ledger against clinical and pathological N: report.html/.md, metrics.json, PNGs."""
+    from pipeline.evaluate import EvaluationError, evaluate
+
+    try:
+        metrics, written = evaluate(Path(args.ledger), Path(args.reference), Path(args.out), args.edition,
+                                    args.version, args.bootstrap, args.seed)
+    except EvaluationError as err:
+        sys.stderr.write(f"nodestage evaluate: {err}\n")
+        return EXIT_UNPROCESSABLE
+    except OSError as err:
+        sys.stderr.write(f"nodestage evaluate: cannot write {err.filename or args.out}: {err.strerror or err}\n")
+        return EXIT_UNPROCESSABLE
+    _print_json({"report": str(written["report_html"]), "metrics": str(written["metrics_json"]),
+                 "matched": metrics["cohort"]["matched"], "node_failures": len(metrics["cohort"]["node_failures"]),
+                 "accuracy": {k: c["accuracy"]["value"] for k, c in metrics["comparisons"].items()},
+                 "note": metrics["disclaimer"]})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodestage", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
@@ -180,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="StudyInstanceUID or the study number shown by status")
     p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
     p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser("evaluate", help="score ledger.csv against clinical (cN) and pathological (pN) N")
+    p.add_argument("--ledger", required=True, help="the node's ledger.csv")
+    p.add_argument("--reference", required=True, help="reference CSV: study UID or accession, cN, pN (README)")
+    p.add_argument("--out", required=True, help="report folder: report.html, report.md, metrics.json, PNGs")
+    p.add_argument("--edition", type=int, choices=[8, 9], default=8, help="TNM edition (9: N2a/N2b)")
+    p.add_argument("--version", choices=["latest", "first"], default="latest",
+                   help="which version of a study processed more than once counts (default: latest)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the kappa interval")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -47,7 +47,9 @@ PENDING, SENDING, SENT, FAILED_SEND = "PENDING", "SENDING", "DONE", "FAILED_SEND
 LEDGER_COLUMNS = [
     "recorded_at", "study_instance_uid", "accession_number", "version", "n_tnm8", "n_tnm9",
     "involved_stations", "primary_side", "backends", "timings_s", "outputs", "result_json",
+    "status", "failure_reason", "equivocal_stations", "n_tnm8_if_equivocal_positive", "n_tnm9_if_equivocal_positive",
 ]
+LEDGER_DONE, LEDGER_FAILED = "done", "failed"
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
 
@@ -219,7 +221,20 @@ def ledger_row(result: dict[str, Any], version: int, result_path: Path, recorded
         "timings_s": json.dumps(result.get("timings_s") or {}, sort_keys=True),
         "outputs": json.dumps(result.get("outputs") or {}, sort_keys=True),
         "result_json": str(result_path),
+        "status": LEDGER_DONE,
+        "failure_reason": "",
+        "equivocal_stations": ";".join(result.get("equivocal_stations") or []),
+        "n_tnm8_if_equivocal_positive": str(result.get("n_tnm8_if_equivocal_positive") or ""),
+        "n_tnm9_if_equivocal_positive": str(result.get("n_tnm9_if_equivocal_positive") or ""),
     }
+
+
+def ledger_failure_row(study_uid: str, accession: str, version: int, reason: str,
+                       recorded_at: float | None = None) -> dict[str, str]:
+    """A ledger row for a study version the pipeline failed: evaluation counts it as a failure, not missing."""
+    return {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(recorded_at or time.time())),
+            "study_instance_uid": study_uid, "accession_number": accession, "version": str(version),
+            "status": LEDGER_FAILED, "failure_reason": " ".join(reason.split())}
 
 
 def append_ledger(path: Path, row: dict[str, str]) -> None:
@@ -228,13 +243,20 @@ def append_ledger(path: Path, row: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with _ledger_lock:
         new = not path.exists() or path.stat().st_size == 0
+        # an older ledger keeps its own header: rows stay aligned with it (new columns are left out)
+        columns = LEDGER_COLUMNS if new else (_header(path) or LEDGER_COLUMNS)
         with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LEDGER_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in LEDGER_COLUMNS})
+            writer.writerow({k: row.get(k, "") for k in columns})
             f.flush()
             os.fsync(f.fileno())
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
 
 
 def read_ledger(path: Path) -> list[dict[str, str]]:

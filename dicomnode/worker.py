@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from dicomnode import pipeline_job
 from dicomnode.config import NodeConfig
-from dicomnode.scu import Outbox, append_ledger, ledger_row
+from dicomnode.scu import Outbox, append_ledger, ledger_failure_row, ledger_row
 from dicomnode.storage import Storage, safe_name
 from dicomnode.studies import DONE, FAILED, Job, StudyTracker
 
@@ -201,6 +201,9 @@ class Worker:
 
     def _fail(self, job: Job, reason: str, out_dir: Path) -> str:
         self.tracker.finish_job(job, FAILED, reason, out_dir)
+        if self.config.mode == "silent" or self.config.ledger_in_clinical_mode:
+            append_ledger(self.config.storage.ledger, ledger_failure_row(job.study_uid, job.accession, job.version,
+                                                                         reason))
         self.storage.bump("jobs_failed")
         logger.warning("study #%d v%d: FAILED: %s", job.study_id, job.version, reason)
         return FAILED

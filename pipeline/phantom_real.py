@@ -49,7 +49,8 @@ PET_PIXEL_MM, PET_MATRIX, PET_SLICE_MM = 4.0, 128, 4.0
 NODE_HU, LESION_HU_SD, PRIMARY_HU = 40.0, 10.0, 35.0
 PRIMARY_SEMI_MM = (14.0, 13.0, 16.0)
 PRIMARY_SUV = (10.0, 14.0)
-POSITIVE_NODE_SUV = (10.0, 14.0)
+POSITIVE_NODE_SUV = (11.0, 15.0)
+POSITIVE_REFERENCE_RADIUS_MM = 6.5  # smaller positive nodes get a proportionally higher uptake (partial volume)
 POSITIVE_RADIUS_MM = (6.5, 9.0)
 MIN_ENLARGED_RADIUS_MM = 5.0  # positive and enlarged nodes keep a short axis of at least 10 mm
 LUNG_ALLOWANCE_MM = 3.0
@@ -142,7 +143,10 @@ def _place_lesions(space: Space, lm: Landmarks, case: RealCase, rng) -> list[Pla
         if node.role != "small_subthreshold" and r < MIN_ENLARGED_RADIUS_MM:
             raise ValueError(f"{case.name}: only {2 * r:.1f} mm of room for the {node.role} {node.station} node")
         semi = (r, r, r * NODE_Z_ELONGATION)
-        suv = float(rng.uniform(*POSITIVE_NODE_SUV)) if node.role == "positive" else ROLE_SUV[node.role]
+        if node.role == "positive":
+            suv = float(rng.uniform(*POSITIVE_NODE_SUV)) * max(1.0, POSITIVE_REFERENCE_RADIUS_MM / r)
+        else:
+            suv = ROLE_SUV[node.role]
         lesions.append(PlacedLesion("node", node.station, node.role, c, semi, suv, clearance_mm=room,
                                     side=station_side(node.station)))
         sl, inside = ellipsoid_mask(space, c, tuple(s + NODE_SEPARATION_MM for s in semi))

@@ -24,6 +24,7 @@ Esophagus = Literal["normal", "linear", "focal", "linear_focal"]
 
 FREE_HU = (-200.0, 150.0)  # fat or soft tissue: where a node may grow
 FAT_HU = (-150.0, -50.0)  # brown fat must sit in true fat density
+FAT_CORE_HU = (-135.0, -65.0)  # brown-fat foci are placed well inside that range (smoothed HU)
 MIN_CLEARANCE_MM = 2.5
 HU_SMOOTHING_MM = 1.4  # in-plane Gaussian sigma before density tests: the same at either CT size
 TARGET_WEIGHT = 0.08  # mm of clearance traded per mm from the rule's preferred point
@@ -316,7 +317,7 @@ def place(space: Space, lm: Landmarks, rule: Rule, radius_mm: float, occupied: n
     free = free_space(space, zs) & ~occupied[zs]
     if fat_only:
         hu = smoothed_hu(space, zs)
-        free &= (hu > FAT_HU[0]) & (hu < FAT_HU[1])
+        free &= (hu > FAT_CORE_HU[0]) & (hu < FAT_CORE_HU[1])
     clearance = ndimage.distance_transform_edt(free, sampling=space.sampling)
     if lung_allowance_mm > 0:
         lung = space.mask(*[n for n in space.names if n.startswith("lung_")])[zs] & ~occupied[zs]
@@ -418,7 +419,7 @@ def _place_abs(space: Space, k: int, sx: float, sy: float, sign: int, occupied: 
     """Paravertebral fat on one slice: 15-45 mm lateral to the vertebra's centre, beside its body (in front)."""
     zs = slice(max(k - 3, 0), k + 4)
     hu = smoothed_hu(space, zs)
-    fat = (space.labels[zs] == 0) & (hu > FAT_HU[0]) & (hu < FAT_HU[1]) & ~occupied[zs]
+    fat = (space.labels[zs] == 0) & (hu > FAT_CORE_HU[0]) & (hu < FAT_CORE_HU[1]) & ~occupied[zs]
     c = ndimage.distance_transform_edt(fat, sampling=space.sampling)[k - zs.start]
     ny, nx = c.shape
     xs = space.origin[0] + np.arange(nx) * space.spacing[0]

@@ -86,6 +86,10 @@ def test_myocardium_spilling_beyond_the_heart_label_and_a_node_against_a_quiet_h
     rim = ball(SHAPE, (30, 50, 30), 24.0) & ~heart & (grid(SHAPE)[2] > 40)
     suv[rim] = 8.5
     assert _site(ct, suv, {"heart": heart}, (30, 50, 52), radius_mm=8) == PhysiologicSite.MYOCARDIAL
+    # A node beside the same hot myocardium but with a valley between: a node (the 8L trap of issue 11).
+    hot_heart = np.where(wall, 9.0, 1.5).astype(np.float32)
+    beside = np.maximum(hot_heart, gaussian(SHAPE, (30, 50, 64), 3.0, 8.0))
+    assert _site(ct, beside, {"heart": heart}, (30, 50, 64), radius_mm=6) is None
     quiet = np.where(heart, 1.8, 1.0).astype(np.float32)
     node = np.maximum(quiet, gaussian(SHAPE, (30, 50, 58), 4.0, 10.0))
     assert _site(ct, node, {"heart": heart}, (30, 50, 58), radius_mm=8) is None

@@ -13,8 +13,9 @@ itself), in the order a reader rules things out:
   muscle; no IASLC station lies above the cricoid;
 - thyroid: the peak in ``thyroid_gland``;
 - myocardial: the peak in the heart, or hot myocardium (≥ 75 % of the focus's
-  peak) within 6 mm of the focus while the focus hugs the heart — spill-over from
-  the myocardium, or myocardium the heart label missed — unless the focus is 1.5 ×
+  peak) within 6 mm of the focus, the focus peaking at the heart's edge (≤ 4 mm)
+  or joined to that myocardium without a valley (never below 85 %) — spill-over
+  from the myocardium, or myocardium the heart label missed — unless the focus is 1.5 ×
   hotter than the heart's 95th-percentile SUV (then the focus lights the heart);
 - esophageal: the peak in the esophageal wall or lumen, or uptake running along
   the esophagus — unless the peak is *focal*, at least 1.3 × the esophageal uptake
@@ -24,7 +25,8 @@ itself), in the order a reader rules things out:
 - vascular: the peak inside a labelled great vessel (eroded 2 mm) with most of the
   focus in vessels;
 - brown fat: the peak in fat density (−150 to −50 HU on CT smoothed to PET
-  resolution) with no soft-tissue body under it;
+  resolution) with no soft-tissue nodule under it (none ≥ 5 mm, or fat at the
+  peak voxel itself);
 - linear: uptake much longer craniocaudally than wide, away from the esophagus:
   along a vessel or a muscle, not nodal.
 
@@ -63,11 +65,12 @@ CORTEX_HU = 250.0
 MARROW_REACH_MM = 25.0
 MARROW_ENCLOSED_SIDES = 4  # bone on every side in-plane: the marrow space (a node beside bone has it on one)
 FAT_HU = (-150.0, -50.0)
-BROWN_FAT_MAX_SOFT_TISSUE_MM = 5.0  # a soft-tissue body at least this wide under the focus is a node, not fat
+BROWN_FAT_MAX_SOFT_TISSUE_MM = 5.0
+FAT_AT_PEAK_HU = -30.0  # mean CT over ~3 mm around the peak below this: the peak sits in fat  # a soft-tissue body at least this wide under the focus is a node, not fat
 MYOCARDIUM_REACH_MM = 6.0  # about one PET FWHM
 MYOCARDIUM_HOT_FRACTION = 0.75
-MYOCARDIUM_HUG_FRACTION = 0.3
-MYOCARDIUM_PEAK_REACH_MM = 10.0
+MYOCARDIUM_PEAK_REACH_MM = 4.0  # a focus peaking this close to the heart peaks at its edge: spill-over
+MYOCARDIUM_NO_VALLEY = 0.85  # SUV on the way to the myocardium never below this share of the lower end: contiguous
 MYOCARDIUM_HOTTER_THAN_HEART = 1.5  # a focus this much hotter than the rest of the myocardium is not myocardium
 ESOPHAGUS_WALL_MM = 2.0
 ESOPHAGUS_NEAR_MM = 5.0
@@ -211,7 +214,10 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
         if core[lp] > VESSEL_EROSION_MM and float(vessels[focus].mean()) >= VESSEL_MIN_FRACTION:
             return PhysiologicSite.VASCULAR, "vascular: the peak and most of the focus lie inside a great vessel"
 
-    if FAT_HU[0] <= _smoothed_hu(ctx, peak) <= FAT_HU[1] and soft_tissue_mm < BROWN_FAT_MAX_SOFT_TISSUE_MM:
+    # The peak's own neighbourhood is fat (not a nodule, and not lung: a tumour's lung edge also smooths to -100).
+    peak_in_fat = FAT_HU[0] <= hu_at_peak < FAT_AT_PEAK_HU
+    if not central_mass and FAT_HU[0] <= _smoothed_hu(ctx, peak) <= FAT_HU[1] and (
+            soft_tissue_mm < BROWN_FAT_MAX_SOFT_TISSUE_MM or peak_in_fat):
         return PhysiologicSite.BROWN_FAT, (f"brown fat: the peak is in fat density ({_smoothed_hu(ctx, peak):.0f} HU "
                                            "at PET resolution) with no soft-tissue nodule under it")
     if linear and not central_mass and not focal_on_esophagus:
@@ -267,16 +273,30 @@ def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> 
     hot_heart = heart & near_focus
     if not hot_heart.any():
         return None
-    hot = float(ctx.suv[sl][hot_heart].max())
-    hugs = float((d_heart[focus] <= MYOCARDIUM_REACH_MM).mean())
+    suv = np.asarray(ctx.suv[sl])
+    hot_at = np.unravel_index(int(np.argmax(np.where(hot_heart, suv, -np.inf))), suv.shape)
+    hot = float(suv[hot_at])
     own = _heart_uptake_away_from(ctx, tuple(int(p + s.start) for p, s in zip(lp, sl)))
     if own is not None and peak_suv > MYOCARDIUM_HOTTER_THAN_HEART * own:
         return None  # hotter than the myocardium anywhere else: the heart beside it is lit by the focus itself
-    if hot >= MYOCARDIUM_HOT_FRACTION * peak_suv and (d_heart[lp] <= MYOCARDIUM_PEAK_REACH_MM
-                                                       or hugs >= MYOCARDIUM_HUG_FRACTION):
-        return (f"myocardial: contiguous with hot myocardium (heart SUV {hot:.1f} within "
-                f"{MYOCARDIUM_REACH_MM:g} mm, {hugs:.0%} of the focus against the heart)")
+    if hot < MYOCARDIUM_HOT_FRACTION * peak_suv:
+        return None
+    if d_heart[lp] <= MYOCARDIUM_PEAK_REACH_MM:
+        return (f"myocardial: the peak is at the heart's edge ({d_heart[lp]:.0f} mm) beside myocardium of SUV "
+                f"{hot:.1f}: spill-over or myocardium outside the heart label")
+    valley = _path_minimum(suv, lp, hot_at, sp)
+    if valley >= MYOCARDIUM_NO_VALLEY * min(peak_suv, hot):
+        return (f"myocardial: contiguous with hot myocardium (SUV {hot:.1f}) with no valley between "
+                f"(lowest {valley:.1f} on the way)")
     return None
+
+
+def _path_minimum(suv: np.ndarray, a, b, spacing: np.ndarray) -> float:
+    """The lowest SUV on the straight line between two voxels (1 mm steps, linear interpolation)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = max(int(np.ceil(np.linalg.norm((b - a) * spacing))), 2)
+    pts = a[:, None] + (b - a)[:, None] * np.linspace(0.0, 1.0, n + 1)[None, :]
+    return float(ndimage.map_coordinates(suv, pts, order=1, mode="nearest").min())
 
 
 def _heart_uptake_away_from(ctx: Physiology, peak: tuple[int, int, int]) -> float | None:

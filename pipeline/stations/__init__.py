@@ -147,8 +147,10 @@ the axial plane unless said otherwise.
    they are labelled; at least 4 mm either side of the carina; proxy without
    any bronchus below the carina: 15 mm either side of it), from 15 mm in
    front of the carina back to the esophagus's posterior wall (at least 40 mm
-   behind the carina), down to the lower border of station 7 (the bronchus
-   intermedius for the right half, the left lower lobe bronchus for the left).
+   behind the carina), plus the fat within 15 mm of the esophageal wall (the
+   azygo-esophageal recess; station 8 only begins below station 7), down to
+   the lower border of station 7 (the bronchus intermedius for the right half,
+   the left lower lobe bronchus for the left).
 6. **Right side** (right of the left tracheal wall above the carina, right of
    the station-7 column below it; not more than 20 mm behind the posterior
    tracheal wall): above the left brachiocephalic vein crossing **2R**; from
