@@ -128,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         metrics, written = evaluate(Path(args.ledger), Path(args.reference), Path(args.out), args.edition,
-                                    args.version, args.bootstrap, args.seed)
+                                    args.study_version, args.bootstrap, args.seed)
     except EvaluationError as err:
         sys.stderr.write(f"nodestage evaluate: {err}\n")
         return EXIT_UNPROCESSABLE
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="reference CSV: study UID or accession, cN, pN (README)")
     p.add_argument("--out", required=True, help="report folder: report.html, report.md, metrics.json, PNGs")
     p.add_argument("--edition", type=int, choices=[8, 9], default=8, help="TNM edition (9: N2a/N2b)")
-    p.add_argument("--version", choices=["latest", "first"], default="latest",
+    p.add_argument("--study-version", choices=["latest", "first"], default="latest",
                    help="which version of a study processed more than once counts (default: latest)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the kappa interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")

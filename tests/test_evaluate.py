@@ -281,3 +281,11 @@ def test_cli_writes_the_report(cohort, tmp_path, capsys):
     assert rc == 0 and out["matched"] == 10 and out["node_failures"] == 1
     assert out["accuracy"]["node_vs_pn"] == pytest.approx(6 / 9)
     assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_cli_study_version_first(cohort, tmp_path, capsys):
+    _, _, ledger, reference = cohort
+    rc = main(["evaluate", "--ledger", str(ledger), "--reference", str(reference), "--out", str(tmp_path / "r"),
+               "--study-version", "first", "--bootstrap", "20"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["accuracy"]["node_vs_cn"] == pytest.approx(5 / 8)  # S8 v1 said N2 against cN1

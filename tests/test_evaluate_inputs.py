@@ -133,7 +133,8 @@ def test_unreadable_values_are_excluded_and_listed(tmp_path, old_ledger):
     reference = tmp_path / "reference.csv"
     reference.write_text("study_instance_uid,cN,pN\n1.9.1,N0,N0\n1.9.2,?,stage two\n,N1,N1\n")
     m = compute_metrics(old_ledger, reference, 8, n_bootstrap=5)
-    assert m["comparisons"]["cn_vs_pn"]["exclusions"] == {"cN unreadable": 1}
+    assert m["comparisons"]["cn_vs_pn"]["exclusions"] == {"pN unreadable": 1}  # the reference side is named first
+    assert m["comparisons"]["node_vs_cn"]["exclusions"] == {"cN unreadable": 1}
     assert m["comparisons"]["node_vs_pn"]["excluded"] == [{"line": 3, "study": "1.9.2", "why": "pN unreadable"}]
     assert m["cohort"]["reference_rows_without_id"] == [4]
 

@@ -111,6 +111,9 @@ def _blocks(m: dict, images: dict[str, str]) -> list[tuple]:
              ["line", "study_instance_uid", "why"]),
             ("Ledger studies with no reference row", cohort["unmatched_ledger"],
              ["study_instance_uid", "accession_number", "version", "failed"]),
+            ("Reference rows with unreadable station names (those names ignored)",
+             [{"line": r["line"], "tokens": " ".join(r["tokens"])} for r in cohort["unreadable_reference_stations"]],
+             ["line", "tokens"]),
             ("Studies recorded more than once (versions seen)",
              [{"study_instance_uid": k, "versions": ", ".join(map(str, v))}
               for k, v in cohort["studies_processed_more_than_once"].items()], ["study_instance_uid", "versions"])):
