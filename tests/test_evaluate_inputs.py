@@ -116,6 +116,14 @@ def test_bad_reference_is_a_one_line_error(tmp_path, old_ledger, capsys, referen
     assert_one_line_error(rc, err, *words)
 
 
+def test_a_spreadsheet_instead_of_a_csv_is_a_one_line_error(tmp_path, old_ledger, capsys):
+    reference = tmp_path / "reference.xlsx"
+    reference.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\xe2\x9d\r\n\x00\x1b\x8f\x81" * 40)
+    rc, _, err = run_cli(capsys, "--ledger", str(old_ledger), "--reference", str(reference),
+                         "--out", str(tmp_path / "r"))
+    assert_one_line_error(rc, err, "no study_instance_uid or accession_number column")
+
+
 def test_missing_file_and_unwritable_out(tmp_path, old_ledger, capsys):
     rc, _, err = run_cli(capsys, "--ledger", str(tmp_path / "nope.csv"), "--reference", str(old_ledger),
                          "--out", str(tmp_path / "r"))

@@ -67,6 +67,13 @@ def read_rows(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
+def describe_header(header: list[str], limit: int = 200) -> str:
+    """The header as one printable line for an error message (a binary file yields garbage, not new lines)."""
+    text = ", ".join(h.replace("\ufeff", "").strip() for h in header)
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def find_column(keys: list[str], aliases: tuple[str, ...]) -> str | None:
     """The first normalised header among `aliases` (already normalised)."""
     return next((a for a in aliases if a in keys), None)

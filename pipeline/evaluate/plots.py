@@ -66,9 +66,13 @@ def agreement_png(path: Path, rows: list[dict]) -> Path:
     ax.set_xticks(x, [r["label"] for r in rows], fontsize=8)
     ax.set_ylim(min(-0.1, min((r["kappa_low"] or 0) for r in rows) - 0.05) if rows else -0.1, 1.05)
     ax.set_ylabel("agreement")
-    ax.legend(loc="lower right", fontsize=8)
+    for i, r in enumerate(rows):
+        for offset, key in ((-width / 2, "accuracy"), (width / 2, "kappa")):
+            if r[key] is None:
+                ax.text(i + offset, 0.02, "n/a", ha="center", va="bottom", fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     ax.set_title("Agreement with 95 % intervals", fontsize=10)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.9)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.22, top=0.9)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

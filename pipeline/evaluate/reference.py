@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.evaluate.categories import parse_stations
-from pipeline.evaluate.csvfile import EvaluationError, find_column, normalise_header, read_rows
+from pipeline.evaluate.csvfile import EvaluationError, describe_header, find_column, normalise_header, read_rows
 
 UID_COLUMNS = ("studyinstanceuid", "studyuid", "uid")
 ACCESSION_COLUMNS = ("accessionnumber", "accession", "accessionno", "accno")
@@ -57,7 +57,7 @@ def read_reference(path: Path) -> Reference:
     uid_col, acc_col = find_column(keys, UID_COLUMNS), find_column(keys, ACCESSION_COLUMNS)
     cn_col, pn_col = find_column(keys, CN_COLUMNS), find_column(keys, PN_COLUMNS)
     st_col, surgery_col = find_column(keys, STATION_COLUMNS), find_column(keys, SURGERY_COLUMNS)
-    found = ", ".join(h.strip().lstrip("\ufeff") for h in header)
+    found = describe_header(header)
     if not uid_col and not acc_col:
         raise EvaluationError(f"reference {path}: no study_instance_uid or accession_number column "
                               f"(columns found: {found})")

@@ -66,7 +66,8 @@ MARROW_REACH_MM = 25.0
 MARROW_ENCLOSED_SIDES = 4  # bone on every side in-plane: the marrow space (a node beside bone has it on one)
 FAT_HU = (-150.0, -50.0)
 BROWN_FAT_MAX_SOFT_TISSUE_MM = 5.0
-FAT_AT_PEAK_HU = -30.0  # mean CT over ~3 mm around the peak below this: the peak sits in fat  # a soft-tissue body at least this wide under the focus is a node, not fat
+FAT_AT_PEAK_HU = -30.0  # mean CT within 2 mm of the peak below this: the peak sits in fat
+FAT_AT_PEAK_RADIUS_MM = 2.0  # a soft-tissue body at least this wide under the focus is a node, not fat
 MYOCARDIUM_REACH_MM = 6.0  # about one PET FWHM
 MYOCARDIUM_HOT_FRACTION = 0.75
 MYOCARDIUM_PEAK_REACH_MM = 4.0  # a focus peaking this close to the heart peaks at its edge: spill-over
@@ -215,7 +216,8 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
             return PhysiologicSite.VASCULAR, "vascular: the peak and most of the focus lie inside a great vessel"
 
     # The peak's own neighbourhood is fat (not a nodule, and not lung: a tumour's lung edge also smooths to -100).
-    peak_in_fat = FAT_HU[0] <= hu_at_peak < FAT_AT_PEAK_HU
+    hu_here = _mean_within(ct, lp, sp, FAT_AT_PEAK_RADIUS_MM)
+    peak_in_fat = FAT_HU[0] <= hu_here < FAT_AT_PEAK_HU
     if not central_mass and FAT_HU[0] <= _smoothed_hu(ctx, peak) <= FAT_HU[1] and (
             soft_tissue_mm < BROWN_FAT_MAX_SOFT_TISSUE_MM or peak_in_fat):
         return PhysiologicSite.BROWN_FAT, (f"brown fat: the peak is in fat density ({_smoothed_hu(ctx, peak):.0f} HU "
@@ -233,6 +235,13 @@ def _cortex_around(ct: np.ndarray, lp, spacing: np.ndarray) -> int:
     rays = (ct[k, j + 1: j + 1 + reach, i], ct[k, max(j - reach, 0): j, i][::-1],
             ct[k, j, i + 1: i + 1 + reach], ct[k, j, max(i - reach, 0): i][::-1])
     return sum(bool((np.asarray(r) > CORTEX_HU).any()) for r in rays)
+
+
+def _mean_within(arr: np.ndarray, p, spacing: np.ndarray, radius_mm: float) -> float:
+    """Mean within radius_mm of a voxel (at least the voxel itself), whatever the grid."""
+    r = np.floor(radius_mm / spacing).astype(int)
+    sl = tuple(slice(max(c - k, 0), c + k + 1) for c, k in zip(p, r))
+    return float(np.mean(arr[sl]))
 
 
 def _mean_around(arr: np.ndarray, p: tuple[int, int, int], r: int) -> float:
