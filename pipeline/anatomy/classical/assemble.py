@@ -23,7 +23,14 @@ from pipeline.anatomy.classical.body_airways import (
     refine_lumen,
     split_airway_tree,
 )
-from pipeline.anatomy.classical.bones import find_canal, find_clavicles, find_ribs, find_spine, find_sternum
+from pipeline.anatomy.classical.bones import (
+    find_canal,
+    find_clavicles,
+    find_ribs,
+    find_spine,
+    find_sternum,
+    refine_bone_edges,
+)
 from pipeline.anatomy.classical.esophagus import find_esophagus
 from pipeline.anatomy.classical.grid import (
     LUNG_HU,
@@ -178,8 +185,8 @@ def _find_bones(w: Work, f: _Found) -> None:
     f.organs[SPINE] = spine
     clav, heads = find_clavicles(w, f.body, f.lungs, f.canal, spine)
     f.organs.update(clav)
-    # the manubrium's top is at the level of the clavicles' medial ends
-    z_max = max(heads) + int(round(5.0 / w.sp[0])) if heads else None
+    # the manubrium's top (the jugular notch) lies a little below the top of the clavicles' medial ends
+    z_max = max(heads) - int(round(MANUBRIUM_BELOW_CLAVICLE_HEADS_MM / w.sp[0])) if heads else None
     sternum = find_sternum(w, f.body, f.lungs, f.canal, f.organs.get(an.AORTA), z_max)
     if sternum is None:
         w.notes.append("sternum: not found")
@@ -229,6 +236,10 @@ def _find_soft_tissue(w: Work, f: _Found, tick) -> None:
 _PAINT_ORDER = (an.LUNG_LEFT, an.LUNG_RIGHT, an.LIVER, an.HEART, an.SUPERIOR_VENA_CAVA,
                 an.BRACHIOCEPHALIC_VEIN_RIGHT, an.PULMONARY_ARTERY, an.ESOPHAGUS, an.AORTA, SPINE, an.RIBS,
                 an.STERNUM, an.CLAVICULA_LEFT, an.CLAVICULA_RIGHT, an.LARYNX_PHARYNX_AIR, *AIRWAY_NAMES)
+
+
+MANUBRIUM_BELOW_CLAVICLE_HEADS_MM = 10.0
+_BONE_NAMES = (SPINE, an.RIBS, an.STERNUM, an.CLAVICULA_LEFT, an.CLAVICULA_RIGHT)
 
 
 def _airway_landmarks(p: Prepared, f: _Found) -> dict[str, tuple[float, float, float]]:
@@ -288,6 +299,10 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
             lab[m] = LABELS[name]
             names[name] = LABELS[name]
     full = to_ct_grid(p, lab, ct, refine={LABELS[n]: AIRWAY_LUMEN_HU for n in AIRWAY_NAMES if n in names})
+    bone_values = [LABELS[n] for n in _BONE_NAMES if n in names]
+    if bone_values:
+        refine_bone_edges(full, sitk.GetArrayViewFromImage(ct), bone_values, LABELS[an.BODY])
+    tick("bone_edges")
     names = {n: v for n, v in names.items() if n == an.BODY or (full == v).any()}
     labels = labels_image(full, ct)
     tick("total")
