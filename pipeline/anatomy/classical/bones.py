@@ -252,6 +252,7 @@ def find_clavicles(w: Work, body, lungs, canal, taken) -> tuple[dict[str, np.nda
     return out, heads
 
 
+CONTRAST_VEIN_HU = 1300.0  # contrast in veins is denser than cortical bone on the working grid
 CLAVICLE_MARROW_HU = 150.0  # the clavicle's marrow and thin cortex, less dense than the 250 HU of its search
 CLAVICLE_GROW_VOX = 2
 
@@ -263,10 +264,14 @@ def _with_marrow(w: Work, clavicle: np.ndarray, allowed: np.ndarray) -> np.ndarr
     or the scapula); that leaves the marrow and the thin ends out (about half of it on
     LIDC-IDRI-0001).
     """
-    allow = allowed & (w.hu > CLAVICLE_MARROW_HU)
-    grown = ndi.binary_dilation(clavicle, structure=np.ones((3, 3, 3), bool), iterations=CLAVICLE_GROW_VOX,
-                                mask=allow) | clavicle
-    return fill_slices(grown)
+    box = bbox(clavicle, pad=CLAVICLE_GROW_VOX + 1)
+    if box is None:
+        return clavicle
+    allow = allowed[box] & (w.hu[box] > CLAVICLE_MARROW_HU)
+    out = clavicle.copy()
+    out[box] |= ndi.binary_dilation(clavicle[box], structure=np.ones((3, 3, 3), bool),
+                                    iterations=CLAVICLE_GROW_VOX, mask=allow)
+    return fill_slices(out)
 
 
 def _clavicle_candidates(w: Work, body, lungs, canal, taken, z0: int) -> dict[str, tuple]:
@@ -284,7 +289,7 @@ def _clavicle_candidates(w: Work, body, lungs, canal, taken, z0: int) -> dict[st
     xx = np.arange(nx)[None, None, :]
     xrel = (xx - mid[:, None, None]) * w.sp[2]
     region = (zz >= z0) & (np.abs(xrel) <= 130.0) & (yy < y_back[:, None, None])
-    dense = w.hu > 1300.0  # contrast in veins is denser than cortical bone on the working grid
+    dense = w.hu > CONTRAST_VEIN_HU
     bone = (w.hu > 250.0) & body & region & ~taken & ~ndi.binary_dilation(dense)
     lab, n = ndi.label(bone)
     best: dict[str, tuple[float, tuple | None]] = {"left": (np.inf, None), "right": (np.inf, None)}
@@ -317,9 +322,10 @@ def _clavicle_candidates(w: Work, body, lungs, canal, taken, z0: int) -> dict[st
 
 # ----------------------------------------------------------------------------- ribs
 RIB_HU = 180.0  # cortex and marrow of a rib on the working grid (partial volume lowers thin bone)
-RIB_SHELL_MM = 18.0  # beside the lungs: bone within this distance outside their hull is rib (the scapula lies further out)
+RIB_SHELL_MM = 12.0  # beside the lungs: bone within this distance outside their hull is rib (the scapula lies further out)
 RIB_DEPTH_MM = 35.0  # below the lungs: bone within this depth under the skin is rib
 RIB_MIN_ML = 0.2
+RIB_CORTEX_HU = 250.0  # a rib has a tenth of its voxels at least this dense (enhancing organs have not)
 RIB_MARROW_MAX_MM2 = 100.0  # a hole in a rib's cross-section up to this is marrow
 
 
@@ -352,6 +358,10 @@ def find_ribs(w: Work, body, lungs, exclude) -> np.ndarray | None:
         return None
     sizes = np.bincount(lab.ravel()) * float(np.prod(w.sp)) / 1000.0
     keep = np.nonzero(sizes[1:] >= RIB_MIN_ML)[0] + 1
+    # contrast-enhanced spleen or heart beside the lungs is as dense as marrow, but has no cortex
+    objs = ndi.find_objects(lab)
+    keep = np.array([i for i in keep if np.percentile(w.hu[objs[i - 1]][lab[objs[i - 1]] == i], 90) >= RIB_CORTEX_HU],
+                    dtype=int)
     if keep.size == 0:
         return None
     ribs = np.isin(lab, keep)
