@@ -30,6 +30,7 @@ from pipeline.study_result import BackendInfo, LesionKind, NodeStatus, StudyResu
 
 logger = logging.getLogger(__name__)
 
+UPTAKE_WARNING_PREFIX = "uptake time"  # how pipeline.suv and the lesion reading both start their uptake warning
 ProgressCallback = Callable[[str, str], None]  # (stage, "start" | "done in 1.2 s")
 
 
@@ -83,6 +84,9 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
     with _timed(timings, "lesions", progress):
         findings = detect_lesions(volumes, anatomy, station_map, settings, study_uid,
                                   _carina_index(station_map, anatomy, volumes.ct))
+    if any(w.startswith(UPTAKE_WARNING_PREFIX) for w in findings.warnings):
+        # the reading's uptake warning says what the decision rests on; one uptake warning, not two
+        warnings = [w for w in warnings if not w.startswith(UPTAKE_WARNING_PREFIX)]
     warnings += findings.warnings
 
     with _timed(timings, "staging", progress):

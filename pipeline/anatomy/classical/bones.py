@@ -374,6 +374,7 @@ def find_ribs(w: Work, body, lungs, exclude) -> np.ndarray | None:
 
 # ----------------------------------------------------------------------------- edges at full resolution
 BONE_EDGE_HU = 150.0  # at full resolution, a voxel on a bone's edge is bone when denser than this
+BONE_EDGE_VOX = 1  # the rim's width in full-resolution voxels (the working grid's voxel is 2 of them on LIDC)
 
 
 def refine_bone_edges(labels: np.ndarray, hu: np.ndarray, bone_values: list[int], body_value: int) -> np.ndarray:
@@ -394,10 +395,12 @@ def refine_bone_edges(labels: np.ndarray, hu: np.ndarray, bone_values: list[int]
     sub, h, b = labels[box], hu[box], is_bone[box]
     cross = np.zeros((3, 3, 3), bool)
     cross[1] = ndi.generate_binary_structure(2, 1)
-    inner = b & ~ndi.binary_erosion(b, structure=cross)
-    sub[inner & (h < BONE_EDGE_HU)] = body_value
-    outer = ndi.binary_dilation(b, structure=cross) & ~b & (sub == body_value) & (h > BONE_EDGE_HU)
+    inner = b & ~ndi.binary_erosion(b, structure=cross, iterations=BONE_EDGE_VOX)
+    outer = ndi.binary_dilation(b, structure=cross, iterations=BONE_EDGE_VOX) & ~b & (sub == body_value)
+    outer &= h > BONE_EDGE_HU
     if outer.any():
-        neighbour = ndi.maximum_filter(np.where(b, sub, 0).astype(sub.dtype), footprint=cross)
+        neighbour = ndi.maximum_filter(np.where(b, sub, 0).astype(sub.dtype), size=(1, 2 * BONE_EDGE_VOX + 1,
+                                                                                    2 * BONE_EDGE_VOX + 1))
         sub[outer] = neighbour[outer]
+    sub[inner & (h < BONE_EDGE_HU)] = body_value
     return labels
