@@ -212,7 +212,7 @@ def _find_soft_tissue(w: Work, f: _Found, tick) -> None:
     left = subphrenic_marker(w, f.lung_l, f.body, bones, mid)
     subphrenic = [m for m in (right, left) if m is not None]
     heart = find_heart(w, f.body, f.lung_l, f.lung_r, taken, f.carina_idx, f.organs.get(an.STERNUM),
-                       subphrenic=subphrenic)
+                       subphrenic=subphrenic, airways=f.airways)
     tick("heart")
     if heart is not None:
         f.organs[an.HEART] = heart
@@ -301,7 +301,8 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
     full = to_ct_grid(p, lab, ct, refine={LABELS[n]: AIRWAY_LUMEN_HU for n in AIRWAY_NAMES if n in names})
     bone_values = [LABELS[n] for n in _BONE_NAMES if n in names]
     if bone_values:
-        refine_bone_edges(full, sitk.GetArrayViewFromImage(ct), bone_values, LABELS[an.BODY])
+        refine_bone_edges(full, sitk.GetArrayViewFromImage(ct), bone_values, LABELS[an.BODY],
+                          rim_vox=max(w.factors[1:]))
     tick("bone_edges")
     names = {n: v for n, v in names.items() if n == an.BODY or (full == v).any()}
     labels = labels_image(full, ct)

@@ -4,7 +4,8 @@ The heart (`find_heart`) is the large soft-tissue mass between the lungs, from 2
 below the carina (above it lie the hila, the left atrium and the pulmonary arteries,
 where a central tumour must not be taken for heart) down to the diaphragm. The liver
 and the organs under the left dome touch it through the diaphragm, so it is split
-from them by a watershed (see `pipeline.anatomy.classical.liver`). The SVC, the right
+from them by a watershed (see `pipeline.anatomy.classical.liver`); tissue that reaches
+it beside the right bronchus (the hilum) is cut off. The SVC, the right
 brachiocephalic vein and the pulmonary artery are proxies, so that their lumens are
 not read as nodes (`find_great_veins_and_pa`).
 """
@@ -16,8 +17,9 @@ from scipy import ndimage as ndi
 from skimage.graph import MCP_Geometric
 
 from pipeline.anatomy.classical.aorta import VEIN_HU, VesselTracker, paint_discs
-from pipeline.anatomy.classical.grid import Work, bbox, disk, edt_open, fill_slices, hull_fill
+from pipeline.anatomy.classical.grid import Work, bbox, disk, edt_open, fill_slices, hull_fill, largest
 from pipeline.anatomy.classical.liver import split_by_watershed
+from pipeline.anatomy.names import BRONCHUS_INTERMEDIUS, MAIN_BRONCHUS_RIGHT
 
 # ----------------------------------------------------------------------------- heart
 HEART_HU = (-10.0, 1000.0)  # myocardium and blood, with or without contrast; pericardial fat is darker
@@ -78,7 +80,8 @@ HEART_TOP_BELOW_CARINA_MM = 25.0
 
 
 def find_heart(w: Work, body, lung_l, lung_r, taken, carina_idx, sternum=None,
-               subphrenic: list[tuple[np.ndarray, int]] | None = None) -> np.ndarray | None:
+               subphrenic: list[tuple[np.ndarray, int]] | None = None,
+               airways: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
     """The heart (non-contrast or contrast CT).
 
     Candidates: soft tissue or contrast blood (HEART_HU, on a CT smoothed by ~1.5 mm
@@ -93,7 +96,8 @@ def find_heart(w: Work, body, lung_l, lung_r, taken, carina_idx, sternum=None,
     interpolated from the lung bases count (outside the footprint of the upper heart,
     where the lung lies on the heart). The heart is
     the largest mass that survives an opening with an 8 mm ball (which detaches the
-    vessels, the esophagus, nodes and thin bridges), holes filled slice by slice.
+    vessels, the esophagus, nodes and thin bridges), holes filled slice by slice,
+    less the right hilum's tissue (`airways`: see `_without_right_hilum`).
     """
     if carina_idx is None:
         w.notes.append("heart: not searched (needs the carina)")
@@ -140,8 +144,46 @@ def find_heart(w: Work, body, lung_l, lung_r, taken, carina_idx, sternum=None,
         return None
     out = np.zeros(w.hu.shape, bool)
     out[roi_z] = fill_slices(heart) & ~taken[roi_z]
+    if airways:
+        out = _without_right_hilum(w, out, airways)
+        ml = w.ml(out.sum())
     w.notes.append(f"heart: {ml:.0f} ml of soft tissue between the lungs, below the carina and above the "
                    f"diaphragm ({how})")
+    return out
+
+
+HILUM_FRONT_MM = 15.0  # the right hilum's tissue reaches this far in front of the right bronchus
+
+
+def _without_right_hilum(w: Work, heart: np.ndarray, airways: dict[str, np.ndarray]) -> np.ndarray:
+    """The heart less the right hilum's tissue, and its largest part after that.
+
+    Around the right main bronchus and the bronchus intermedius the heart's candidates
+    can reach the hilum through the vessels (on ACRIN-NSCLC-FDG-PET-042, 30 ml around
+    the right hilar mass, 25-45 mm below the carina). On a slice with such a bronchus, a
+    separate piece of the heart whose centre lies to the right of the bronchus's centre
+    and no more than HILUM_FRONT_MM in front of it is hilar (vessels, nodes, a mass):
+    the atria and ventricles lie medial to it or further forward.
+    """
+    right = np.zeros(heart.shape, bool)
+    for name in (MAIN_BRONCHUS_RIGHT, BRONCHUS_INTERMEDIUS):
+        if airways.get(name) is not None:
+            right |= airways[name]
+    out = heart.copy()
+    removed = 0
+    for z in np.nonzero(right.any(axis=(1, 2)) & heart.any(axis=(1, 2)))[0]:
+        by, bx = np.nonzero(right[z])
+        lab, n = ndi.label(heart[z])
+        if n < 2:
+            continue
+        for i, (cy, cx) in enumerate(ndi.center_of_mass(heart[z], lab, range(1, n + 1)), start=1):
+            if cx < bx.mean() and cy > by.min() - HILUM_FRONT_MM / w.sp[1]:
+                piece = lab == i
+                out[z][piece] = False
+                removed += int(piece.sum())
+    if removed:
+        out = largest(out)
+        w.notes.append(f"heart: {w.ml(removed):.0f} ml beside the right bronchus left out (hilum)")
     return out
 
 
