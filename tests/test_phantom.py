@@ -149,7 +149,9 @@ def test_same_seed_same_study_and_other_seed_differs(tmp_path):
 def test_cli_lists_and_writes(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "dicomnode.cli", "phantom", "--list"],
                             capture_output=True, text=True, check=True)
-    assert {c["name"] for c in json.loads(listed.stdout)} == set(phantom.CASES)
+    from pipeline import phantom_real
+
+    assert {c["name"] for c in json.loads(listed.stdout)} == set(phantom.CASES) | set(phantom_real.REAL_CASES)
     out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "phantom", str(tmp_path / "s"),
                           "--case", "n2a_left_4l", "--seed", "3"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["expected"]["n_tnm9"] == "N2a"
