@@ -125,3 +125,44 @@ def test_a_node_in_soft_tissue_is_not_physiologic(ct_value):
     ct[ball(SHAPE, (40, 50, 50), 7.0)] = ct_value
     suv = gaussian(SHAPE, (40, 50, 50), 4.0, 8.0) + 0.8
     assert _site(ct, suv, {}, (40, 50, 50), soft_mm=14.0) is None
+
+
+def _contrast_ring(ct, centre_yx, offset_mm, radius_mm, hu=400.0):
+    """Contrast-filled vessels (tubes along z) on all four in-plane sides of a point."""
+    z, y, x = grid(SHAPE)
+    cy, cx = centre_yx
+    tubes = np.zeros(SHAPE, bool)
+    for dy, dx in ((offset_mm, 0), (-offset_mm, 0), (0, offset_mm), (0, -offset_mm)):
+        tubes |= (y - cy - dy) ** 2 + (x - cx - dx) ** 2 <= radius_mm ** 2
+    ct[tubes] = hu
+    return tubes
+
+
+def test_a_node_among_contrast_filled_vessels_is_not_marrow():
+    """The 10L trap of issue 11: contrast as dense as cortex on every side of a hilar node."""
+    ct = _soft_ct()
+    _contrast_ring(ct, (50, 50), 16.0, 5.0)
+    spine = ball(SHAPE, (40, 90, 90), 8.0)  # bone labelled elsewhere
+    ct[spine] = 300.0
+    suv = gaussian(SHAPE, (40, 50, 50), 4.0, 10.0) + 1.0
+    assert _site(ct, suv, {"spine": spine}, (40, 50, 50), soft_mm=12.0) is None
+    # The same ring of dense cortex, labelled as bone (its marrow not): the marrow space.
+    ring = np.zeros(SHAPE, bool)
+    z, y, x = grid(SHAPE)
+    ring |= ((y - 50) ** 2 + (x - 50) ** 2 <= 14.0 ** 2) & ((y - 50) ** 2 + (x - 50) ** 2 >= 11.0 ** 2)
+    ct2 = _soft_ct()
+    ct2[ring] = 500.0
+    assert _site(ct2, suv, {"spine": ring}, (40, 50, 50), soft_mm=12.0) == PhysiologicSite.BONE_MARROW
+
+
+def test_a_hot_node_peaking_at_the_heart_labels_edge_is_not_myocardium():
+    """A node against a heart label that also holds the PA (TotalSegmentator): mostly outside it, far hotter."""
+    heart = _heart()
+    ct = _soft_ct()
+    quiet = np.where(heart, 3.0, 1.0).astype(np.float32)
+    node = np.maximum(quiet, gaussian(SHAPE, (30, 50, 52), 3.5, 11.0))  # centre 2 mm outside the label
+    node[tuple(int(v / 2) for v in (30, 50, 48))] = 12.0  # its hottest voxel just inside the label's edge
+    assert _site(ct, node, {"heart": heart}, (30, 50, 52), radius_mm=8) is None
+    # Myocardium as hot as the focus: the same focus is myocardial.
+    hot = np.maximum(np.where(heart, 10.0, 1.0).astype(np.float32), node)
+    assert _site(ct, hot, {"heart": heart}, (30, 50, 52), radius_mm=8) == PhysiologicSite.MYOCARDIAL

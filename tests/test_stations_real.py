@@ -265,7 +265,11 @@ def test_lidc_stations_sit_where_iaslc_puts_them(lidc, lidc_map):
     # Craniocaudal order.
     assert c["1R"][z] > c["2R"][z] > c["4R"][z] and c["1L"][z] > c["2L"][z] > c["4L"][z]
     assert c["7"][z] < car.z_mm and c["8R"][z] < c["7"][z] and c["8L"][z] < c["7"][z]
-    assert lm["pa_top"].z_mm <= c["5"][z] <= lm["arch_bottom"].z_mm
+    # 5 lies below the arch and above the left PA; in front of the PA's highest point it reaches down
+    # to the PA's own surface (the PA arches), never below the carina.
+    assert car.z_mm <= c["5"][z] <= lm["arch_bottom"].z_mm
+    ap_window = sm.labels.TransformPhysicalPointToIndex((24.0, 2.0, -105.0))  # lateral to the aorta, on the PA
+    assert sm.labels[ap_window] == sm.station_values["5"]
     assert lm["arch_bottom"].z_mm <= c["6"][z] <= lm["arch_top"].z_mm
     assert c["9R"][z] < lm["ipv_right"].z_mm and c["9L"][z] < lm["ipv_left"].z_mm
     # 5 (AP window) and 6 are left-sided; 3a in front of, 3p behind the trachea; 7 between the bronchi.

@@ -5,15 +5,19 @@ itself), in the order a reader rules things out:
 
 - bone / marrow: the peak in a labelled bone (dilated 2 mm), most of the focus in
   bone, dense bone at the peak (CT > 200 HU averaged over ~3 mm), or cortical bone
-  (> 250 HU) within 25 mm in all four in-plane directions (the marrow space of a
-  vertebra or the sternum, even where the bone label misses it);
+  (> 250 HU, on or beside labelled bone: contrast-filled vessels are as dense) within
+  25 mm in all four in-plane directions (the marrow space of a vertebra or the
+  sternum, even where the bone label misses it);
 - larynx / pharynx / neck muscle: the peak above the cricoid (the anatomy's
   ``cricoid`` landmark, else the bottom of ``larynx_pharynx_air``, else the top
   of the trachea) — near the airway it is laryngeal/pharyngeal, elsewhere neck
   muscle; no IASLC station lies above the cricoid;
 - thyroid: the peak in ``thyroid_gland``;
-- myocardial: the peak in the heart, or hot myocardium (≥ 75 % of the focus's
-  peak) within 6 mm of the focus, the focus peaking at the heart's edge (≤ 4 mm)
+- myocardial: the peak in the heart (unless it peaks at the label's edge, ≤ 4 mm
+  deep, with most of the focus outside and 1.5 × hotter than the heart's 95th
+  percentile: a node against the heart, or against a pulmonary artery the label
+  counts as heart), or hot myocardium (≥ 75 % of the focus's peak) within 6 mm of
+  the focus, the focus peaking at the heart's edge (≤ 4 mm)
   or joined to that myocardium without a valley (never below 85 %) — spill-over
   from the myocardium, or myocardium the heart label missed — unless the focus is 1.5 ×
   hotter than the heart's 95th-percentile SUV (then the focus lights the heart);
@@ -64,6 +68,7 @@ BONE_REACH_MM = 2.0
 CORTEX_HU = 250.0
 MARROW_REACH_MM = 25.0
 MARROW_ENCLOSED_SIDES = 4  # bone on every side in-plane: the marrow space (a node beside bone has it on one)
+CORTEX_LABEL_REACH_MM = 3.0  # dense CT this close to labelled bone is cortex; farther off it is contrast
 FAT_HU = (-150.0, -50.0)
 BROWN_FAT_MAX_SOFT_TISSUE_MM = 5.0
 FAT_AT_PEAK_HU = -30.0  # mean CT within 2 mm of the peak below this: the peak sits in fat
@@ -73,6 +78,7 @@ MYOCARDIUM_HOT_FRACTION = 0.75
 MYOCARDIUM_PEAK_REACH_MM = 4.0  # a focus peaking this close to the heart peaks at its edge: spill-over
 MYOCARDIUM_NO_VALLEY = 0.85  # SUV on the way to the myocardium never below this share of the lower end: contiguous
 MYOCARDIUM_HOTTER_THAN_HEART = 1.5  # a focus this much hotter than the rest of the myocardium is not myocardium
+MYOCARDIUM_FOCUS_IN_HEART = 0.5  # a focus mostly outside the heart label, peaking at its edge, may be a node
 ESOPHAGUS_WALL_MM = 2.0
 ESOPHAGUS_NEAR_MM = 5.0
 ESOPHAGUS_FOCAL_RATIO = 1.3
@@ -161,7 +167,7 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
                                                  f"a labelled bone ({frac:.0%} of the focus in bone)")
     if hu_at_peak > DENSE_BONE_HU:
         return PhysiologicSite.BONE_MARROW, f"bone/marrow: dense bone at the peak ({hu_at_peak:.0f} HU)"
-    sides = _cortex_around(ct, lp, sp)
+    sides = _cortex_around(ctx, peak)
     if sides >= MARROW_ENCLOSED_SIDES:
         return PhysiologicSite.BONE_MARROW, (f"bone/marrow: the peak is enclosed by cortical bone ({sides} of 4 "
                                              "in-plane directions), i.e. in the marrow space")
@@ -228,13 +234,25 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
     return None
 
 
-def _cortex_around(ct: np.ndarray, lp, spacing: np.ndarray) -> int:
-    """In how many of the 4 in-plane directions cortical bone lies within reach of the peak."""
-    k, j, i = lp
+def _cortex_around(ctx: Physiology, peak: tuple[int, int, int]) -> int:
+    """In how many of the 4 in-plane directions cortical bone lies within reach of the peak.
+
+    Contrast-filled blood (aorta, pulmonary arteries, heart) is as dense as cortex, and a
+    hilar node sits among such vessels on every side; so where the anatomy labels bone,
+    only dense voxels within `CORTEX_LABEL_REACH_MM` of that bone count as cortex (the
+    label may miss a marrow space, not the cortex around it). Without a bone label, CT alone.
+    Judged on the whole slice: a focus's crop may end before the reach.
+    """
+    spacing, bone = ctx.spacing, ctx.mask(BONE)
+    k, j, i = peak
+    dense = np.asarray(ctx.ct[k]) > CORTEX_HU
+    if bone is not None and bone.any():
+        near_bone = ndimage.binary_dilation(bone[k], iterations=max(int(round(CORTEX_LABEL_REACH_MM / spacing[1])), 1))
+        dense &= near_bone
     reach = int(np.ceil(MARROW_REACH_MM / spacing[1]))
-    rays = (ct[k, j + 1: j + 1 + reach, i], ct[k, max(j - reach, 0): j, i][::-1],
-            ct[k, j, i + 1: i + 1 + reach], ct[k, j, max(i - reach, 0): i][::-1])
-    return sum(bool((np.asarray(r) > CORTEX_HU).any()) for r in rays)
+    rays = (dense[j + 1: j + 1 + reach, i], dense[max(j - reach, 0): j, i],
+            dense[j, i + 1: i + 1 + reach], dense[j, max(i - reach, 0): i])
+    return sum(bool(r.any()) for r in rays)
 
 
 def _mean_within(arr: np.ndarray, p, spacing: np.ndarray, radius_mm: float) -> float:
@@ -274,9 +292,16 @@ def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> 
     heart = _local(ctx.mask(HEART), sl)
     if heart is None or not heart.any():
         return None
-    if heart[lp]:
-        return "myocardial: the peak is in the heart"
     sp = ctx.spacing
+    own = _heart_uptake_away_from(ctx, tuple(int(p + s.start) for p, s in zip(lp, sl)))
+    much_hotter = own is not None and peak_suv > MYOCARDIUM_HOTTER_THAN_HEART * own
+    if heart[lp]:
+        depth = ndimage.distance_transform_edt(heart, sampling=sp)[lp]
+        frac = float(heart[focus].mean())
+        if not (much_hotter and depth <= MYOCARDIUM_PEAK_REACH_MM and frac < MYOCARDIUM_FOCUS_IN_HEART):
+            return "myocardial: the peak is in the heart"
+        # A node against the heart (or a PA the label counts as heart): it peaks at the label's
+        # edge, lies mostly outside it and is far hotter than any myocardium; judged as beside it.
     d_heart = ndimage.distance_transform_edt(~heart, sampling=sp)
     near_focus = ndimage.distance_transform_edt(~focus, sampling=sp) <= MYOCARDIUM_REACH_MM
     hot_heart = heart & near_focus
@@ -285,8 +310,7 @@ def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> 
     suv = np.asarray(ctx.suv[sl])
     hot_at = np.unravel_index(int(np.argmax(np.where(hot_heart, suv, -np.inf))), suv.shape)
     hot = float(suv[hot_at])
-    own = _heart_uptake_away_from(ctx, tuple(int(p + s.start) for p, s in zip(lp, sl)))
-    if own is not None and peak_suv > MYOCARDIUM_HOTTER_THAN_HEART * own:
+    if much_hotter:
         return None  # hotter than the myocardium anywhere else: the heart beside it is lit by the focus itself
     if hot < MYOCARDIUM_HOT_FRACTION * peak_suv:
         return None

@@ -134,8 +134,10 @@ the axial plane unless said otherwise.
 3. **3a / 6** (prevascular): mediastinal space from the station-1 border to the
    carina, in front of the great vessels (SVC, brachiocephalic veins and trunk,
    carotid and subclavian arteries, aorta, pulmonary artery, heart; only vessel
-   voxels in front of the trachea's centre count; columns without a vessel are
-   interpolated). Where no vessel is labelled on a slice the vessel front is
+   voxels in front of the trachea's centre count, and of the pulmonary artery and
+   heart only those in front of its anterior wall: the left PA rising behind the
+   AP window must not put the window in front of the vessels; columns without a
+   vessel are interpolated). Where no vessel is labelled on a slice the vessel front is
    taken 15 mm in front of the trachea (proxy). At arch levels, prevascular
    space within 15 mm of the aorta and not to the right of the anterior aortic
    segment's centre is **6** (para-aortic, anterior and lateral to the
@@ -162,8 +164,11 @@ the axial plane unless said otherwise.
    wall): above the arch **2L**; at arch levels **4L** within 15 mm of the
    airway, else **6**; between the lower border of the arch and the upper rim
    of the left pulmonary artery **4L** within 15 mm of the airway (medial to
-   the ligamentum arteriosum, which CT does not show: proxy), else **5**; below
-   the pulmonary artery, down to the inferior pulmonary vein, **10L**.
+   the ligamentum arteriosum, which CT does not show: proxy), else **5**; in
+   front of the PA's highest point (and above the carina) the window reaches
+   down to the PA's own upper surface, column by column (the PA arches: its
+   rim is not a plane); below the pulmonary artery, down to the inferior
+   pulmonary vein, **10L**.
    Below the carina, **10R/10L** (hilar) is limited to free space within 20 mm
    (3D) of that side's bronchi or of a pulmonary artery / pulmonary vein label
    on that side, in the mediastinal space or in the lung root (free space in

@@ -78,6 +78,9 @@ GREAT_VESSELS = (
     "brachiocephalic_trunk", "common_carotid_artery_left", "common_carotid_artery_right",
     "subclavian_artery_left", "subclavian_artery_right", "aorta", an.PULMONARY_ARTERY, "heart",
 )
+# The heart and pulmonary arteries bound the prevascular space only in front of the trachea: the
+# PA branches (in some label maps part of "heart") run beside and behind the airway, under the AP window.
+HEART_AND_PA = (an.PULMONARY_ARTERY, "heart")
 # Labelled vessels whose lumen, on a contrast CT, leads into unlabelled enhanced lumen (cut from the stations).
 LUMEN_VESSELS = GREAT_VESSELS + ("pulmonary_vein", "inferior_vena_cava", "atrial_appendage_left", "azygos_vein")
 ENHANCED_VESSEL_MIN_ML = 2.0    # an enhanced run this big is a vessel (or bone) even unconnected to a label

@@ -398,13 +398,39 @@ def _left_paratracheal_aortic_and_hilar(ctx: _Ctx, zone: np.ndarray, x_lmed: np.
         ctx.put(med & zone & lv_arch & (d_air <= PARATRACHEAL_LEFT_MM), "4L")
         ctx.put(med & zone & lv_arch, "6")
     if ctx.have("arch_bottom", "pa_top"):
-        ap = (Z < z["arch_bottom"]) & (Z >= z["pa_top"])
+        ap = (Z < z["arch_bottom"]) & ((Z >= z["pa_top"]) | (above & (Z >= _left_pa_surface(ctx)[None])))
         ctx.put(med & zone & ap & (d_air <= PARATRACHEAL_LEFT_MM), "4L")
         ctx.put(med & zone & ap, "5")
     if ctx.have("pa_top", "ipv_left"):
         zone10 = (Z < z["pa_top"]) & (Z >= z["ipv_left"])
         ctx.put(med & zone & above & zone10, "10L")
         ctx.put(hil & (X > x_lmed) & ctx.below & zone10, "10L")
+
+
+def _left_pa_surface(ctx: _Ctx) -> np.ndarray:
+    """Per (y, x) column left of the carina: z (mm) of the upper surface of the left pulmonary artery
+    (label, else the heart label that carries it); +inf (no extension) where no PA lies under the column
+    in front of the PA's highest point.
+
+    The AP window (5, and 4L medially) lies above the left PA; `pa_top` is the PA's highest point,
+    but the PA arches, so in front of that point the window reaches down to the PA's own
+    surface. Behind it the PA runs back over the left main bronchus: hilar (10L), not the
+    window. The carina stays the window's floor (``above``).
+    """
+    w, aw = ctx.w, ctx.aw
+    pa = w.mask(an.PULMONARY_ARTERY)
+    if not pa.any():
+        pa = w.mask("heart")
+    pa = pa & (w.X > aw.x_c)
+    if not pa.any():
+        return np.full(pa.shape[1:], np.inf)
+    has = pa.any(axis=0)
+    top_k = len(w.z) - 1 - np.argmax(pa[::-1], axis=0)  # the highest PA slice of each column
+    edge = w.z[top_k] + w.sp / 2
+    k_top = int(top_k[has].max())
+    y_top = float(w.y[np.nonzero(pa[k_top])[0]].mean())  # the front/back split at the PA's highest point
+    in_front = (w.y <= y_top)[:, None]
+    return np.where(has & in_front, edge, np.inf)
 
 
 def _central_stations(ctx: _Ctx, eso: _Esophagus | None) -> None:

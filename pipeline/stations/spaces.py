@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from pipeline.stations.constants import (
     ABDOMINAL_ORGANS, DESCENDING_AORTA_SEARCH_MM, DIAPHRAGM, DIAPHRAGM_BELOW_HEART_MM, DIAPHRAGM_INPLANE_MM,
-    DIAPHRAGM_THICKNESS_MM, ESOPHAGUS_PROXY_ANTERIOR_MM, ESOPHAGUS_PROXY_RADIUS_MM, GREAT_VESSELS,
+    DIAPHRAGM_THICKNESS_MM, ESOPHAGUS_PROXY_ANTERIOR_MM, ESOPHAGUS_PROXY_RADIUS_MM, GREAT_VESSELS, HEART_AND_PA,
     MIN_COMPONENT_MM2, PREVASCULAR_PROXY_MM, SPINE_FRONT_WINDOW_MM, VERTEBRAL_BODY_DEPTH_MM,
 )
 from pipeline.stations.grid import Work, components, hull_fill
@@ -77,12 +77,19 @@ def below_heart_floor(w: Work) -> np.ndarray | None:
 
 
 def vessel_front(w: Work, aw: Airway, k0: int, k1: int) -> np.ndarray:
-    """Per slice and column: y (mm) of the front of the great vessels lying in front of the trachea."""
+    """Per slice and column: y (mm) of the front of the great vessels lying in front of the trachea.
+
+    The systemic vessels count in front of the trachea's centre; the heart and pulmonary
+    arteries only in front of its anterior wall, so that the left PA rising behind the
+    aortopulmonary window (labelled "heart" in some maps) does not put the window (5) in front
+    of the vessels (3a).
+    """
     nz, ny, nx = w.arr.shape
     front = np.full((nz, nx), np.nan)
-    vessels = w.mask(*GREAT_VESSELS)
+    systemic = w.mask(*[n for n in GREAT_VESSELS if n not in HEART_AND_PA])
+    heart_pa = w.mask(*HEART_AND_PA)
     for k in range(k0, k1):
-        ant = vessels[k] & (w.y[:, None] < aw.cy[k])
+        ant = (systemic[k] & (w.y[:, None] < aw.cy[k])) | (heart_pa[k] & (w.y[:, None] < aw.ya[k]))
         cols = ant.any(axis=0)
         if cols.sum() == 0:
             front[k] = aw.ya[k] - PREVASCULAR_PROXY_MM
