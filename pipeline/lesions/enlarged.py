@@ -3,7 +3,10 @@
 A threshold on SUV cannot find a node that does not take up FDG, yet a radiologist
 reports a 12 mm node that is cold (`enlarged_non_avid`, never counted for N).
 Only where the anatomy names the vessels, airways, esophagus and heart: without
-them, soft tissue in the station regions is mostly those structures.
+them, soft tissue in the station regions is mostly those structures. Not in
+station 1: no backend here labels the neck muscles, and without them a muscle
+belly or the thyroid in the low neck reads as a 15-40 mm "node" (seen on every
+real-anatomy study).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ ENLARGED_NODE_MIN_ML = 0.3
 ENLARGED_NODE_MAX_ML = 40.0
 ENLARGED_NODE_MAX_ELONGATION = 2.5  # long/short axis: tubes (vessels, esophagus) are not nodes
 CT_NODE_SEARCH_NEEDS = ("aorta", "esophagus", "heart", "superior_vena_cava")
+CT_NODE_SEARCH_SKIPS = ("1R", "1L")  # low neck: muscles and thyroid are unlabelled soft tissue
 
 
 def enlarged_ct_candidates(volumes, anatomy: Anatomy, station_map, avid: np.ndarray,
@@ -34,7 +38,8 @@ def enlarged_ct_candidates(volumes, anatomy: Anatomy, station_map, avid: np.ndar
     ct = sitk.GetArrayViewFromImage(ct_img)
     sp = spacing_zyx(ct_img)
     stations = sitk.GetArrayViewFromImage(station_map.labels)
-    nodal_values = [station_map.station_values[s] for s in NODAL_STATIONS if s in station_map.station_values]
+    nodal_values = [station_map.station_values[s] for s in NODAL_STATIONS
+                    if s in station_map.station_values and s not in CT_NODE_SEARCH_SKIPS]
     region = np.isin(stations, nodal_values)
     soft = region & (ct >= ENLARGED_NODE_HU[0]) & (ct <= ENLARGED_NODE_HU[1]) & ~avid
     arr = anatomy.array()
