@@ -502,6 +502,8 @@ def render_summary_with_layout(result: StudyResult, settings: OutputSettings | N
     outlines: list[tuple[np.ndarray, np.ndarray, tuple[int, int, int]]] = []
     circles: list[tuple[tuple[int, int], tuple[float, float, float], tuple[int, int, int], str]] = []
     taken: list[tuple[int, int, int, int]] = []
+    leaders: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int, int]]] = []  # (row, col) -> (row, col)
+    to_label: list[tuple[Lesion, Category, tuple[int, int, int, int]]] = []
     label_font = _font(FONT_BODY)
     voxel_px = (1.0, 1.0)
     if result.lesion_labels is not None:  # a label voxel's size on the panel (S rows, L columns)
@@ -518,12 +520,20 @@ def render_summary_with_layout(result: StudyResult, settings: OutputSettings | N
         outlines.append((er + body_y, ec + MARGIN, common.COLOURS[category]))
         layout.drawn.append((lesion, category))
         if lesion.label_value in number_of:  # only numbered findings get a label
-            n = number_of[lesion.label_value]
-            text = f"{n}" if category == Category.PRIMARY or not lesion.station else f"{n}: {lesion.station}"
             near = (near[0] + body_y, near[1] + MARGIN, near[2] + body_y, near[3] + MARGIN)
-            x, y, box = _place_label(text, label_font, near, layout.mip_box, taken)
-            taken.append(box)
-            layout.texts.append(PlacedText(text, (x, y), FONT_BODY, common.COLOURS[category], box, "label", category))
+            to_label.append((lesion, category, near))
+    # the key findings claim their label places first; the others slide around them
+    for lesion, category, near in sorted(to_label, key=lambda t: common.CATEGORY_ORDER[t[1]]):
+        n = number_of[lesion.label_value]
+        text = f"{n}" if category == Category.PRIMARY or not lesion.station else f"{n}: {lesion.station}"
+        x, y, box = _place_label(text, label_font, near, layout.mip_box, taken)
+        taken.append(box)
+        if abs((box[1] + box[3]) / 2 - (near[0] + near[2]) / 2) > (box[3] - box[1]):
+            # slid away from its outline to stay clear of other labels: a leader line says whose it is
+            right = box[0] >= near[3]
+            leaders.append((((near[0] + near[2]) // 2, near[3] if right else near[1]),
+                            ((box[1] + box[3]) // 2, box[0] if right else box[2]), common.COLOURS[category]))
+        layout.texts.append(PlacedText(text, (x, y), FONT_BODY, common.COLOURS[category], box, "label", category))
 
     column_x = MARGIN + panel.width + 2 * GAP
     column = _Writer(layout, column_x, body_y, width - MARGIN - column_x)
@@ -610,6 +620,8 @@ def render_summary_with_layout(result: StudyResult, settings: OutputSettings | N
         canvas[rows, cols] = colour
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
+    for (r0, c0), (r1, c1), colour in leaders:
+        draw.line((c0, r0, c1, r1), fill=colour, width=1)
     for (kx, ky), (cr, cc, radius), colour, number in circles:
         box = (kx + cc - radius, ky + cr - radius, kx + cc + radius, ky + cr + radius)
         draw.ellipse(box, outline=(0, 0, 0), width=5)
