@@ -144,8 +144,13 @@ def test_a_node_among_contrast_filled_vessels_is_not_marrow():
     _contrast_ring(ct, (50, 50), 16.0, 5.0)
     spine = ball(SHAPE, (40, 90, 90), 8.0)  # bone labelled elsewhere
     ct[spine] = 300.0
+    aorta = ball(SHAPE, (40, 15, 85), 6.0)  # a labelled, contrast-filled aorta: this is a contrast CT
+    ct[aorta] = 400.0
     suv = gaussian(SHAPE, (40, 50, 50), 4.0, 10.0) + 1.0
-    assert _site(ct, suv, {"spine": spine}, (40, 50, 50), soft_mm=12.0) is None
+    assert _site(ct, suv, {"spine": spine, "aorta": aorta}, (40, 50, 50), soft_mm=12.0) is None
+    # Without contrast in the aorta, dense CT all round the peak is read as the cortex of a marrow space.
+    ct[aorta] = 40.0
+    assert _site(ct, suv, {"spine": spine, "aorta": aorta}, (40, 50, 50), soft_mm=12.0) == PhysiologicSite.BONE_MARROW
     # The same ring of dense cortex, labelled as bone (its marrow not): the marrow space.
     ring = np.zeros(SHAPE, bool)
     z, y, x = grid(SHAPE)

@@ -69,6 +69,7 @@ CORTEX_HU = 250.0
 MARROW_REACH_MM = 25.0
 MARROW_ENCLOSED_SIDES = 4  # bone on every side in-plane: the marrow space (a node beside bone has it on one)
 CORTEX_LABEL_REACH_MM = 3.0  # dense CT this close to labelled bone is cortex; farther off it is contrast
+CONTRAST_BLOOD_HU = 150.0  # aortic blood denser than this: an IV-contrast CT
 FAT_HU = (-150.0, -50.0)
 BROWN_FAT_MAX_SOFT_TISSUE_MM = 5.0
 FAT_AT_PEAK_HU = -30.0  # mean CT within 2 mm of the peak below this: the peak sits in fat
@@ -108,6 +109,7 @@ class Physiology:
     cricoid_index: float | None = None
     cricoid_source: str = ""
     heart_p95: float | None = None  # the myocardium's own uptake, for telling it from a focus that lights the heart
+    contrast_ct: bool = False  # blood is as dense as cortex (IV contrast): dense CT alone does not mean bone
 
     @classmethod
     def build(cls, anatomy: Anatomy, ct: np.ndarray, suv: np.ndarray, pet_fwhm_mm: float) -> "Physiology":
@@ -122,6 +124,9 @@ class Physiology:
         ctx.masks["trachea"] = trachea if trachea is not None and trachea.any() else None
         heart = ctx.masks[HEART]
         ctx.heart_p95 = float(np.percentile(np.asarray(suv)[heart], 95)) if heart is not None else None
+        aorta = anatomy.mask(an.AORTA)
+        if aorta is not None and aorta.any():
+            ctx.contrast_ct = float(np.median(np.asarray(ct)[aorta])) > CONTRAST_BLOOD_HU
         return ctx
 
     def mask(self, name: str) -> np.ndarray | None:
@@ -246,7 +251,7 @@ def _cortex_around(ctx: Physiology, peak: tuple[int, int, int]) -> int:
     spacing, bone = ctx.spacing, ctx.mask(BONE)
     k, j, i = peak
     dense = np.asarray(ctx.ct[k]) > CORTEX_HU
-    if bone is not None and bone.any():
+    if ctx.contrast_ct and bone is not None and bone.any():
         near_bone = ndimage.binary_dilation(bone[k], iterations=max(int(round(CORTEX_LABEL_REACH_MM / spacing[1])), 1))
         dense &= near_bone
     reach = int(np.ceil(MARROW_REACH_MM / spacing[1]))
