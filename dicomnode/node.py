@@ -20,9 +20,9 @@ import pydicom.config
 from dicomnode.config import NodeConfig
 from dicomnode.scheduler import NodeScheduler
 from dicomnode.scp import StoreSCP
-from dicomnode.scu import Outbox
+from dicomnode.scu import Outbox, append_ledger, ledger_failure_row
 from dicomnode.storage import Storage
-from dicomnode.studies import STATES, StudyTracker
+from dicomnode.studies import STATES, StudyTracker, Unprocessed
 from dicomnode.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ class Node:
         assert self.scp is not None
         return self.scp.port
 
+    def _record_unprocessed(self, item: Unprocessed) -> None:
+        """An INCOMPLETE study, or one failed after repeated interruptions, is a failure row in the ledger."""
+        cfg = self.config
+        if cfg.mode == "silent" or cfg.ledger_in_clinical_mode:
+            append_ledger(cfg.storage.ledger, ledger_failure_row(item.study_uid, item.accession, item.version,
+                                                                 item.reason))
+
     def start(self) -> Node:
         cfg = self.config
         # pydicom's reading validation would log offending values (possibly PHI) at WARNING
@@ -52,7 +59,7 @@ class Node:
         self.storage = Storage(cfg.storage.database, cfg.storage.spool_dir, fsync=cfg.storage.fsync)
         try:
             self.outbox = Outbox(cfg, self.storage)
-            self.tracker = StudyTracker(self.storage, cfg.studies)
+            self.tracker = StudyTracker(self.storage, cfg.studies, on_unprocessed=self._record_unprocessed)
             requeued = self.tracker.requeue_interrupted(cfg.worker.max_restarts)
             resent = self.outbox.requeue_interrupted()
             if requeued or resent:

@@ -69,6 +69,18 @@ class Received:
 
 
 @dataclass(frozen=True)
+class Unprocessed:
+    """A study version that ended without a pipeline result (INCOMPLETE, or FAILED before its run finished)."""
+
+    study_id: int
+    study_uid: str
+    accession: str
+    version: int
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Job:
     id: int
     study_id: int
@@ -113,11 +125,26 @@ class StudyTracker:
     """The study state machine over the index in `storage`."""
 
     def __init__(self, storage: Storage, settings: StudySettings, clock: Callable[[], float] = time.time,
-                 on_ready: Callable[[], None] | None = None):
+                 on_ready: Callable[[], None] | None = None,
+                 on_unprocessed: Callable[[Unprocessed], None] | None = None):
         self.storage = storage
         self.settings = settings
         self.clock = clock
         self.on_ready = on_ready
+        # A study version that ends without a pipeline result of its own (INCOMPLETE, or FAILED after
+        # too many interrupted runs): the node records it in the silent-mode ledger, so an
+        # evaluation counts it as a failure instead of missing it.
+        self.on_unprocessed = on_unprocessed
+
+    def _report_unprocessed(self, ended: list[Unprocessed]) -> None:
+        if self.on_unprocessed is None:
+            return
+        for item in ended:
+            try:
+                self.on_unprocessed(item)
+            except Exception:  # the ledger is a record, not the state machine: never stop a scan for it
+                logger.exception("study #%d v%d: could not record the %s outcome", item.study_id, item.version,
+                                 item.state)
 
     # ---------------------------------------------------------------- receiving
 
@@ -224,6 +251,7 @@ class StudyTracker:
         now = self.clock() if now is None else now
         st = self.settings
         made_ready: list[int] = []
+        ended: list[Unprocessed] = []
         for study in self.storage.query("SELECT * FROM studies WHERE state = ? ORDER BY id", (RECEIVING,)):
             sid = study["id"]
             series = self._series_counts(sid)
@@ -257,6 +285,9 @@ class StudyTracker:
                         self.storage.record_error("incomplete", why, sid, conn=c)
                 if cur.rowcount:
                     logger.warning("study #%d v%d: INCOMPLETE: %s", sid, study["version"], why)
+                    ended.append(Unprocessed(sid, study["study_uid"], study["accession"] or "", study["version"],
+                                             INCOMPLETE, f"incomplete: {why}"))
+        self._report_unprocessed(ended)
         if made_ready and self.on_ready is not None:
             self.on_ready()
         return made_ready
@@ -349,6 +380,7 @@ class StudyTracker:
         """At start-up: jobs left RUNNING by a crash go back to the queue (or FAILED after too many)."""
         now = self.clock()
         n = 0
+        ended: list[Unprocessed] = []
         with self.storage.tx() as c:
             for row in c.execute("SELECT * FROM jobs WHERE state = 'RUNNING'").fetchall():
                 if row["pid"]:
@@ -362,6 +394,10 @@ class StudyTracker:
                               "AND state = ?", (FAILED, reason, now, row["study_id"], row["version"], RUNNING))
                     self.storage.record_error("job", reason, row["study_id"], conn=c)
                     logger.warning("study #%d v%d: FAILED: %s", row["study_id"], row["version"], reason)
+                    study = c.execute("SELECT study_uid, accession FROM studies WHERE id = ?",
+                                      (row["study_id"],)).fetchone()
+                    ended.append(Unprocessed(row["study_id"], study["study_uid"], study["accession"] or "",
+                                             row["version"], FAILED, reason))
                     continue
                 c.execute("UPDATE jobs SET state = 'QUEUED', started = NULL, reason = ? WHERE id = ?",
                           ("re-queued at start-up (was RUNNING)", row["id"]))
@@ -378,6 +414,7 @@ class StudyTracker:
                 c.execute("INSERT INTO jobs(study_id, version, state, created) VALUES (?, ?, 'QUEUED', ?)",
                           (row["id"], row["version"], now))
                 n += 1
+        self._report_unprocessed(ended)
         return n
 
     # ---------------------------------------------------------------- reading

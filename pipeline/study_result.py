@@ -40,6 +40,7 @@ class PhysiologicSite(StrEnum):
     """Why a focus is physiologic or non-nodal uptake; it never counts for N."""
 
     BONE_MARROW = "bone_marrow"
+    JOINT = "joint"  # sternoclavicular, costovertebral, shoulder: degenerative joint uptake
     BROWN_FAT = "brown_fat"
     ESOPHAGEAL = "esophageal"
     MYOCARDIAL = "myocardial"

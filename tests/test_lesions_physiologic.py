@@ -171,3 +171,30 @@ def test_a_hot_node_peaking_at_the_heart_labels_edge_is_not_myocardium():
     # Myocardium as hot as the focus: the same focus is myocardial.
     hot = np.maximum(np.where(heart, 10.0, 1.0).astype(np.float32), node)
     assert _site(ct, hot, {"heart": heart}, (30, 50, 52), radius_mm=8) == PhysiologicSite.MYOCARDIAL
+
+
+def test_a_hot_crescent_on_the_hearts_surface_is_myocardium_however_hot():
+    """ACRIN-042's "9L" focus: the inferior ventricular wall outside the heart label, hotter than the labelled heart."""
+    heart = _heart()
+    ct = _soft_ct()
+    quiet = np.where(heart, 2.0, 1.0).astype(np.float32)
+    shell = ball(SHAPE, (30, 50, 30), 24.0) & ~heart & (grid(SHAPE)[0] < 24)  # a 4 mm crescent below the label
+    crescent = quiet.copy()
+    crescent[shell] = 6.0
+    assert _site(ct, crescent, {"heart": heart}, (8, 50, 30), radius_mm=30) == PhysiologicSite.MYOCARDIAL
+    # A round node of the same SUV against the same heart is not a sheet: it stays a node.
+    node = np.maximum(quiet, gaussian(SHAPE, (30, 50, 58), 4.0, 6.0))
+    assert _site(ct, node, {"heart": heart}, (30, 50, 58), radius_mm=8) is None
+
+
+def test_uptake_in_a_joint_between_two_bones():
+    """ACRIN-042's "3a" focus: the left sternoclavicular joint, between labels that miss the joint space."""
+    ct = _soft_ct()
+    sternum = ball(SHAPE, (40, 50, 38), 8.0)
+    clavicle = ball(SHAPE, (40, 50, 62), 8.0)  # the joint space: 8 mm between them, around x = 50
+    suv = gaussian(SHAPE, (40, 50, 50), 3.0, 4.0) + 1.0
+    labels = {"sternum": sternum, "clavicula_left": clavicle}
+    assert _site(ct, suv, labels, (40, 50, 50), radius_mm=5) == PhysiologicSite.JOINT
+    # A node 10 mm behind the sternum, far from the clavicle: not a joint.
+    node = gaussian(SHAPE, (40, 70, 40), 4.0, 6.0) + 1.0
+    assert _site(ct, node, labels, (40, 70, 40), radius_mm=6) is None

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from dicomnode.scu import read_ledger
 from dicomnode.studies import INCOMPLETE, READY, RECEIVING, StudyTracker
 from tests.test_node_fixtures import (make_config, running_node, small_study, storescu,  # noqa: F401
                                       study_row)
@@ -88,6 +89,10 @@ def test_ct_only_ends_incomplete_after_max_wait_with_the_reason(tmp_path, small_
         assert row["state"] == INCOMPLETE
         assert "no PET series" in row["reason"] and "after waiting" in row["reason"]
         assert node.storage.query_one("SELECT COUNT(*) FROM jobs")[0] == 0
+    # Silent mode: the evaluation must count it as a failure of the node, not as a study it never saw.
+    (ledger_row,) = read_ledger(cfg.storage.ledger)
+    assert (ledger_row["study_instance_uid"], ledger_row["version"], ledger_row["status"]) == (uid, "1", "failed")
+    assert ledger_row["failure_reason"].startswith("incomplete: ") and "no PET series" in ledger_row["failure_reason"]
 
 
 def test_pet_without_ct_ends_incomplete_with_the_reason(tmp_path, small_study):

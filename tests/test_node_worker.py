@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from dicomnode.scu import read_ledger
 from dicomnode.studies import DONE, FAILED, READY
 from tests.peers import free_port
 from tests.test_node_fixtures import (make_config, run_study_available, running_node, serve_process,  # noqa: F401
@@ -103,6 +104,9 @@ def test_a_job_interrupted_too_often_is_failed_not_rerun(tmp_path, small_study):
     with running_node(cfg) as node:
         row = study_row(node, uid)
         assert row["state"] == FAILED and "not retried" in row["reason"]
+    (ledger_row,) = read_ledger(cfg.storage.ledger)  # silent mode: a failure row, as for a failed run
+    assert (ledger_row["study_instance_uid"], ledger_row["status"]) == (uid, "failed")
+    assert "not retried" in ledger_row["failure_reason"]
 
 
 def test_shutdown_during_a_job_puts_it_back_in_the_queue(tmp_path, small_study):

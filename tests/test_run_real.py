@@ -19,7 +19,14 @@ the lesion rewrite of issue 12; LPS mm, z up; carina at z -100, cricoid at about
     "8R", "9R", "9L" nodes), and sternal marrow (y < -95; the old "3a" nodes);
   - esophagus: (12, -3, -63) with gas in the lumen (the old "3p"), (7, 2, -154), (2, -7, -177),
     and the distal esophagus / GE junction (7, -35, -206) (the old "8L");
-  - myocardium below and beside the heart label, z below -140;
+  - myocardium below and beside the heart label, z below -140; among it the inferior ventricular
+    wall just under the classical heart label (peak (47, -39, -203), SUVmax 5.2, a 9 mm thick
+    crescent hugging the heart: hotter than the labelled heart, so before the sheet test it was
+    read as an equivocal "9L" node);
+  - the left sternoclavicular joint (peak (40, -63, -27), SUVmax 3.3, between the clavicle head and
+    the manubrium, 3 mm from each label): degenerative joint uptake, formerly an equivocal "3a";
+  - the left low paratracheal focus at the thoracic inlet ((25, -40, -14), SUVmax 5.2) has a fainter
+    twin on the right: thyroid lower pole or a node, left equivocal (1L) by the map; defensible;
   - the liver dome and upper abdomen (z below -200, noisy delayed liver, the old "8R", "9R",
     "9L", "8L" nodes), kidneys (SUVmax up to 51), bowel;
   - shoulder and chest-wall muscles, ribs, the arms (outside the stations).
@@ -44,6 +51,8 @@ from pathlib import Path
 import pytest
 
 PRIMARY_PEAK = (-40.0, -26.0, -99.0)
+VENTRICULAR_WALL = (47.0, -39.0, -203.0)
+STERNOCLAVICULAR_JOINT = (40.0, -63.0, -27.0)
 NODAL_FOCI = {"right paratracheal / supraclavicular": (-12.0, -40.0, 19.0), "subcarinal": (21.0, 12.0, -112.0)}
 ESOPHAGEAL = [(12.0, -3.0, -63.0), (7.0, 2.0, -154.0), (2.0, -7.0, -177.0), (7.0, -35.0, -206.0)]
 LARYNGEAL = (7.0, -59.0, 32.0)
@@ -114,6 +123,18 @@ def test_physiologic_uptake_is_never_positive(acrin_result):
     physiologic = [l for l in result["lesions"] if l["kind"] == "physiologic"]
     assert all(l["physiologic_site"] and not l["positive"] and l["status"] == "not_a_node" for l in physiologic)
     assert {"bone_marrow", "esophageal"} <= {l["physiologic_site"] for l in physiologic}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, site", [(VENTRICULAR_WALL, "myocardial"), (STERNOCLAVICULAR_JOINT, "joint")])
+def test_the_ventricular_wall_and_the_sternoclavicular_joint_are_named(acrin_result, point, site):
+    """Formerly equivocal "9L" and "3a" nodes: named as what they are, so no equivocal station rests on them."""
+    result, _ = acrin_result
+    near = _near(result, point, 8)
+    assert near, f"no focus reported near {point}"
+    assert all(l["kind"] == "physiologic" and l["physiologic_site"] == site for l in near), \
+        [(l["tracking_id"], l["rule"]) for l in near]
+    assert not {"9L", "3a"} & set(result["equivocal_stations"])
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ _BONE_PREFIXES = ("vertebrae_", "rib_", "clavicula_", "scapula_", "humerus_", "h
 _BONE_NAMES = frozenset({SPINE, RIBS, "sternum", "sacrum", "skull"})
 
 
-def _is_bone(name: str) -> bool:
+def is_bone_label(name: str) -> bool:
+    """Whether an anatomy label names a bone (the parts of the derived ``bone`` mask)."""
     return name in _BONE_NAMES or name.startswith(_BONE_PREFIXES)
 
 
@@ -147,7 +148,7 @@ class Anatomy:
         elif name == SPINE:
             parts = [v for n, v in self.names.items() if n.startswith("vertebrae_")]
         elif name == BONE:
-            parts = [v for n, v in self.names.items() if _is_bone(n)]
+            parts = [v for n, v in self.names.items() if is_bone_label(n)]
         else:
             parts = []
         return parts or None

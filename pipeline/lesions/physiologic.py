@@ -8,6 +8,8 @@ itself), in the order a reader rules things out:
   (> 250 HU, on or beside labelled bone: contrast-filled vessels are as dense) within
   25 mm in all four in-plane directions (the marrow space of a vertebra or the
   sternum, even where the bone label misses it);
+- joint: the peak within 4 mm of two different labelled bones (the sternoclavicular,
+  costovertebral or shoulder joints): degenerative joint uptake;
 - larynx / pharynx / neck muscle: the peak above the cricoid (the anatomy's
   ``cricoid`` landmark, else the bottom of ``larynx_pharynx_air``, else the top
   of the trachea) — near the airway it is laryngeal/pharyngeal, elsewhere neck
@@ -20,7 +22,10 @@ itself), in the order a reader rules things out:
   the focus, the focus peaking at the heart's edge (≤ 4 mm)
   or joined to that myocardium without a valley (never below 85 %) — spill-over
   from the myocardium, or myocardium the heart label missed — unless the focus is 1.5 ×
-  hotter than the heart's 95th-percentile SUV (then the focus lights the heart);
+  hotter than the heart's 95th-percentile SUV (then the focus lights the heart); and, however
+  hot, a thin sheet of uptake lying on the heart's surface (≥ 80 % within 5 mm of it, at most
+  ~1 FWHM thick, ≥ 4 × the volume of its thickest inscribed sphere): the crescent of a
+  ventricular wall the label missed, never the round focus of a node;
 - esophageal: the peak in the esophageal wall or lumen, or uptake running along
   the esophagus — unless the peak is *focal*, at least 1.3 × the esophageal uptake
   15–30 mm above and below it, with a soft-tissue nodule (≥ 5 mm) outside the
@@ -46,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.anatomy import Anatomy
+from pipeline.anatomy.model import is_bone_label
 from pipeline.lesions.geometry import an, spacing_zyx, superior_sign, union_mask
 from pipeline.study_result import PhysiologicSite
 
@@ -80,6 +86,11 @@ MYOCARDIUM_PEAK_REACH_MM = 4.0  # a focus peaking this close to the heart peaks 
 MYOCARDIUM_NO_VALLEY = 0.85  # SUV on the way to the myocardium never below this share of the lower end: contiguous
 MYOCARDIUM_HOTTER_THAN_HEART = 1.5  # a focus this much hotter than the rest of the myocardium is not myocardium
 MYOCARDIUM_FOCUS_IN_HEART = 0.5  # a focus mostly outside the heart label, peaking at its edge, may be a node
+MYOCARDIUM_SHEET_REACH_MM = 5.0  # a sheet of uptake this close to the heart lies on its surface
+MYOCARDIUM_SHEET_FRACTION = 0.8  # ... with at least this share of its voxels there
+MYOCARDIUM_SHEET_MAX_HALF_MM = 5.0  # thinner than about one PET FWHM (a node's focus is as thick as it is wide)
+MYOCARDIUM_SHEET_RATIO = 4.0  # and at least this many times the volume of the thickest sphere it holds
+JOINT_REACH_MM = 4.0  # a peak this close to two different bones lies in the joint between them
 ESOPHAGUS_WALL_MM = 2.0
 ESOPHAGUS_NEAR_MM = 5.0
 ESOPHAGUS_FOCAL_RATIO = 1.3
@@ -108,6 +119,7 @@ class Physiology:
     masks: dict[str, np.ndarray | None] = field(default_factory=dict)
     cricoid_index: float | None = None
     cricoid_source: str = ""
+    bone_labels: dict[int, str] = field(default_factory=dict)  # label value -> name, per bone (joint test)
     heart_p95: float | None = None  # the myocardium's own uptake, for telling it from a focus that lights the heart
     contrast_ct: bool = False  # blood is as dense as cortex (IV contrast): dense CT alone does not mean bone
 
@@ -120,6 +132,7 @@ class Physiology:
         ctx.masks["vessels"] = union_mask(anatomy, VESSELS)
         ctx.masks["air_named"] = union_mask(anatomy, AIR_NAMED)  # lung and airways: their gas is not esophageal
         ctx.cricoid_index, ctx.cricoid_source = _cricoid_index(anatomy, ctx.masks[LARYNX_AIR])
+        ctx.bone_labels = {int(v): n for n, v in anatomy.names.items() if is_bone_label(n)}
         trachea = anatomy.mask(an.TRACHEA)
         ctx.masks["trachea"] = trachea if trachea is not None and trachea.any() else None
         heart = ctx.masks[HEART]
@@ -176,6 +189,11 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
     if sides >= MARROW_ENCLOSED_SIDES:
         return PhysiologicSite.BONE_MARROW, (f"bone/marrow: the peak is enclosed by cortical bone ({sides} of 4 "
                                              "in-plane directions), i.e. in the marrow space")
+
+    joint = _joint_between(ctx, peak)
+    if joint:
+        return PhysiologicSite.JOINT, (f"joint: the peak lies between the {joint[0]} and the {joint[1]} (within "
+                                       f"{JOINT_REACH_MM:g} mm of both): degenerative joint uptake, not nodal")
 
     if ctx.cricoid_index is not None:
         above = (peak[0] - ctx.cricoid_index) * superior_sign(ctx.anatomy.labels) > 0
@@ -308,6 +326,9 @@ def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> 
         # A node against the heart (or a PA the label counts as heart): it peaks at the label's
         # edge, lies mostly outside it and is far hotter than any myocardium; judged as beside it.
     d_heart = ndimage.distance_transform_edt(~heart, sampling=sp)
+    if d_heart[lp] <= MYOCARDIUM_PEAK_REACH_MM and _sheet_on_surface(focus, d_heart, sp):
+        return ("myocardial: a thin sheet of uptake lying along the heart's surface (the crescent of a "
+                "ventricular wall outside the heart label), not the round focus of a node")
     near_focus = ndimage.distance_transform_edt(~focus, sampling=sp) <= MYOCARDIUM_REACH_MM
     hot_heart = heart & near_focus
     if not hot_heart.any():
@@ -327,6 +348,33 @@ def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> 
         return (f"myocardial: contiguous with hot myocardium (SUV {hot:.1f}) with no valley between "
                 f"(lowest {valley:.1f} on the way)")
     return None
+
+
+def _sheet_on_surface(focus: np.ndarray, d_heart: np.ndarray, sp: np.ndarray) -> bool:
+    """Mostly within reach of the heart, thin, and spread along it: myocardium, whatever its SUV."""
+    if float((d_heart[focus] <= MYOCARDIUM_SHEET_REACH_MM).mean()) < MYOCARDIUM_SHEET_FRACTION:
+        return False
+    half = float(ndimage.distance_transform_edt(focus, sampling=sp).max())
+    if half > MYOCARDIUM_SHEET_MAX_HALF_MM:
+        return False
+    sphere_mm3 = 4.0 / 3.0 * np.pi * half ** 3
+    return float(focus.sum() * np.prod(sp)) >= MYOCARDIUM_SHEET_RATIO * sphere_mm3
+
+
+def _joint_between(ctx: Physiology, peak: tuple[int, int, int]) -> tuple[str, str] | None:
+    """The two nearest different bones, when the peak lies within reach of both: a joint."""
+    if len(ctx.bone_labels) < 2:
+        return None
+    sp = ctx.spacing
+    r = np.ceil(JOINT_REACH_MM / sp).astype(int)
+    sl = tuple(slice(max(c - k, 0), c + k + 1) for c, k in zip(peak, r))
+    labels = np.asarray(ctx.anatomy.array()[sl])
+    offsets = (np.argwhere(np.ones(labels.shape, bool)) + [s.start for s in sl] - np.asarray(peak)) * sp
+    dist = np.sqrt((offsets ** 2).sum(axis=1)).reshape(labels.shape)
+    near = {ctx.bone_labels[int(v)]: float(dist[labels == v].min())
+            for v in np.unique(labels) if int(v) in ctx.bone_labels}
+    within = sorted((d, n) for n, d in near.items() if d <= JOINT_REACH_MM)
+    return (within[0][1], within[1][1]) if len(within) >= 2 else None
 
 
 def _path_minimum(suv: np.ndarray, a, b, spacing: np.ndarray) -> float:
