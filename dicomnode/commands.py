@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config import ConfigError, NodeConfig, load_config
+from dicomnode.logs import quiet_libraries
 from dicomnode.storage import connect, rows_to_dicts
 from dicomnode.studies import FINISHED, STATES
 
@@ -37,8 +38,7 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    quiet_libraries(level)
 
 
 def serve(config_path: str | Path | None = None, stop_event: threading.Event | None = None) -> int:

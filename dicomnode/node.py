@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pydicom.config
 
 from dicomnode.config import NodeConfig
+from dicomnode.logs import quiet_libraries
 from dicomnode.scheduler import NodeScheduler
 from dicomnode.scp import StoreSCP
 from dicomnode.scu import Outbox, append_ledger, ledger_failure_row
@@ -54,6 +55,7 @@ class Node:
         cfg = self.config
         # pydicom's reading validation would log offending values (possibly PHI) at WARNING
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        quiet_libraries(cfg.logging.level)  # INFO carries no PHI and no UIDs, whoever configured logging
         for folder in (cfg.storage.spool_dir, cfg.storage.archive_dir, cfg.storage.work_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.storage = Storage(cfg.storage.database, cfg.storage.spool_dir, fsync=cfg.storage.fsync)

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from dicomnode.logs import quiet_libraries
+
 REASON_PREFIX = "nodestage-reason: "
 EXIT_UNPROCESSABLE = 2
 EXIT_UNAVAILABLE = 3
@@ -45,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         _reason("usage: python -m dicomnode.pipeline_job STUDY_DIR OUT_DIR SETTINGS")
         return EXIT_UNPROCESSABLE
     study_dir, out_dir, settings_path = (Path(a) for a in args)
-    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries(level)
     try:
         from pipeline.errors import PipelineError
     except ImportError as err:

@@ -198,3 +198,29 @@ def test_uptake_in_a_joint_between_two_bones():
     # A node 10 mm behind the sternum, far from the clavicle: not a joint.
     node = gaussian(SHAPE, (40, 70, 40), 4.0, 6.0) + 1.0
     assert _site(ct, node, labels, (40, 70, 40), radius_mm=6) is None
+
+
+def test_a_node_on_the_esophagus_is_cut_from_the_esophageal_column():
+    """ACRIN-042's subcarinal node: split at its peak, it took the whole esophageal column (75 mm) with it."""
+    from pipeline.lesions.physiologic import node_apart_from_esophagus
+
+    eso = _esophagus()
+    z, y, x = grid(SHAPE)
+    band = 4.0 * np.exp(-((y - 60) ** 2 + (x - 50) ** 2) / (2 * 5.0 ** 2))
+    ct = np.full(SHAPE, FAT, np.float32)
+    ct[eso] = SOFT
+    suv = np.maximum(band + 0.5, gaussian(SHAPE, (40, 60, 56), 4.0, 9.0)).astype(np.float32)
+    ctx = Physiology.build(anatomy({"esophagus": eso}, SHAPE), ct, suv, 7.0)
+    focus = suv > 2.5  # the node and the whole column, as one split region
+    peak = np.unravel_index(int(np.argmax(np.where(focus, suv, -1))), SHAPE)
+    sl = tuple(slice(0, n) for n in SHAPE)
+    core = node_apart_from_esophagus(ctx, sl, focus, peak, float(suv[peak]))
+    assert core is not None and core[peak]
+    ks = np.flatnonzero(core.any(axis=(1, 2)))
+    assert (ks.max() - ks.min() + 1) * 2.0 <= 24.0 < np.flatnonzero(focus.any(axis=(1, 2))).size * 2.0
+    # Esophageal uptake with only a gentle bump on it: nothing focal to cut out.
+    gentle = (band + 0.5 + gaussian(SHAPE, (40, 60, 50), 3.0, 0.5)).astype(np.float32)
+    ctx = Physiology.build(anatomy({"esophagus": eso}, SHAPE), ct, gentle, 7.0)
+    focus = gentle > 2.5
+    peak = np.unravel_index(int(np.argmax(np.where(focus, gentle, -1))), SHAPE)
+    assert node_apart_from_esophagus(ctx, sl, focus, peak, float(gentle[peak])) is None

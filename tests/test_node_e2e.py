@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import urllib.request
 from pathlib import Path
@@ -127,14 +128,19 @@ def test_silent_mode_sends_nothing_and_writes_the_ledger(tmp_path):
         stop_orthanc(pacs)
 
 
-def test_real_study_routed_whole(tmp_path, shared_data):
-    """ACRIN-NSCLC-FDG-PET 042: 412 instances (scout, CT, AC and NAC PET, SEG, RWV) routed by Orthanc."""
+def test_real_study_routed_whole(tmp_path, shared_data, caplog):
+    """ACRIN-NSCLC-FDG-PET 042: 412 instances (scout, CT, AC and NAC PET, SEG, RWV) routed by Orthanc.
+
+    Privacy: every log line the node and its pipeline wrote above DEBUG is free of the patient's
+    name, ID and birth date and of the study's, series' and instances' UIDs."""
     from pipeline.series import scan_study, select_series
+
+    caplog.set_level(logging.INFO)
 
     folder = shared_data / "petct" / "acrin-nsclc-fdg-pet-042"
     n_files = sum(1 for p in folder.rglob("*") if p.is_file())
     expected = select_series(scan_study(folder))
-    pacs, cfg = _node_and_pacs(tmp_path, "clinical")
+    pacs, cfg = _node_and_pacs(tmp_path, "clinical", {"logging": {"level": "INFO"}})
     try:
         with running_node(cfg) as node:
             _route(pacs, folder, extra=["-R"])
@@ -150,6 +156,26 @@ def test_real_study_routed_whole(tmp_path, shared_data):
             wait_for(lambda: len(_outputs_in(pacs, uid)) == 3, 120, interval=1, what="results in Orthanc")
     finally:
         stop_orthanc(pacs)
+    pipeline_log = (cfg.storage.archive_dir / uid / "v1" / "pipeline.log").read_text(errors="replace")
+    lines = [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG]
+    lines += [line for line in pipeline_log.splitlines() if " DEBUG " not in line]
+    assert len(lines) > 5 and any("study staged" in line for line in lines)
+    for leak in _identifiers(folder):
+        leaked = [line.replace(leak, "<identifier>") for line in lines if leak in line]
+        assert not leaked, f"an identifier reached the INFO logs: {leaked[:3]}"
+
+
+def _identifiers(folder: Path) -> set[str]:
+    """The patient's name, ID and birth date, and every study, series and instance UID of the study."""
+    found: set[str] = set()
+    for path in (p for p in folder.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for kw in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "SeriesInstanceUID",
+                   "SOPInstanceUID", "AccessionNumber"):
+            value = str(ds.get(kw, "") or "").strip()
+            if len(value) >= 4:
+                found.add(value)
+    return found
 
 
 @pytest.mark.parametrize("use_orthanc", [True, False], ids=["orthanc", "pynetdicom-pacs"])

@@ -125,7 +125,15 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
         regions.append((n + 1 + k, sl, extra[sl].copy(), True))
 
     def measure(lab, sl, local, ct_only):
-        return _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named,
+        c = _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named,
+                     stations, value_to_station, pet_max, diaphragm, ctx, ct_img)
+        if (ct_only or c.physiologic is not None or c.below_diaphragm or c.central_mass
+                or c.lung_fraction >= classify.INTRAPULMONARY_SHELL_FRACTION):
+            return c
+        core = physiologic.node_apart_from_esophagus(ctx, sl, local, c.peak, float(suv[c.peak]))
+        if core is None:
+            return c
+        return _measure(lab, sl, core, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named,
                         stations, value_to_station, pet_max, diaphragm, ctx, ct_img)
 
     cands = [measure(*r) for r in regions]

@@ -96,6 +96,7 @@ ESOPHAGUS_NEAR_MM = 5.0
 ESOPHAGUS_FOCAL_RATIO = 1.3
 ESOPHAGUS_BACKGROUND_MM = (15.0, 30.0)
 ESOPHAGUS_NODULE_MIN_MM = 5.0  # a focal spot is a node only with a soft-tissue nodule this wide outside the esophagus
+ESOPHAGUS_TAIL_FRACTION = 0.3  # a focus with this share near the esophagus may carry esophageal tails
 ESOPHAGUS_GAS_REACH_MM = 6.0
 ESOPHAGUS_GAS_MIN_VOXELS = 3
 GAS_HU = -400.0
@@ -418,6 +419,32 @@ def _esophageal_background(ctx: Physiology, peak: tuple[int, int, int]) -> float
         if vals:
             sides.append(max(vals))
     return max(sides) if sides else None
+
+
+def node_apart_from_esophagus(ctx: Physiology, sl, focus: np.ndarray, peak: tuple[int, int, int],
+                              peak_suv: float) -> np.ndarray | None:
+    """A node's own focus, cut from the esophageal uptake its region runs into (or None: nothing to cut).
+
+    Splitting at peaks hands a node on the esophagus the whole esophageal column above and below
+    it (ACRIN-042's subcarinal node: a 75 mm "node"). The node is the part hotter than the
+    esophagus's own uptake 15–30 mm away, connected to its peak; the tails are esophagus.
+    """
+    eso = _local(ctx.mask(ESOPHAGUS), sl)
+    if eso is None or not eso.any():
+        return None
+    near = ndimage.distance_transform_edt(~eso, sampling=ctx.spacing) <= ESOPHAGUS_NEAR_MM
+    if float(near[focus].mean()) < ESOPHAGUS_TAIL_FRACTION:
+        return None
+    background = _esophageal_background(ctx, peak)
+    if background is None or peak_suv < ESOPHAGUS_FOCAL_RATIO * background:
+        return None
+    own = focus & (np.asarray(ctx.suv[sl]) > background)
+    lab, _ = ndimage.label(own)
+    lp = tuple(int(p - s.start) for p, s in zip(peak, sl))
+    if lab[lp] == 0:
+        return None
+    core = lab == lab[lp]
+    return core if core.sum() < focus.sum() else None
 
 
 def _is_linear(focus: np.ndarray, spacing: np.ndarray) -> bool:

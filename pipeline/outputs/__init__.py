@@ -67,5 +67,6 @@ def write_outputs(result: StudyResult, out_dir: str | Path, settings: OutputSett
     result.outputs.update({k: str(v) for k, v in paths.items()})
     result.timings_s["outputs"] = time.perf_counter() - started
     write_result_json(result, paths["result"])
-    logger.info("outputs written to %s in %.1f s", out_dir, result.timings_s["outputs"])
+    logger.info("outputs written in %.1f s", result.timings_s["outputs"])
+    logger.debug("outputs written to %s", out_dir)  # the node's archive folder is named by the study UID
     return paths

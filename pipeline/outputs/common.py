@@ -7,7 +7,10 @@ here once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +26,24 @@ from pydicom.sr.codedict import codes
 import pipeline
 from pipeline.settings import OutputSettings
 from pipeline.study_result import Lesion, LesionKind, NodeStatus, StudyResult
+
+logger = logging.getLogger(__name__)
+
+# highdicom warns, with the patient's name in the message, when a name has a single component.
+_PERSON_NAME_WARNING = r".*unlikely to represent the intended person name.*"
+
+
+@contextmanager
+def no_phi_warnings() -> Iterator[None]:
+    """Build a highdicom object without its warnings that quote the patient's name (stderr and logs)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message=_PERSON_NAME_WARNING, category=UserWarning)
+        yield
+    for w in caught:
+        if "person name" in str(w.message):
+            logger.debug("the patient name has a single component; copied unchanged")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 MANUFACTURER = "nodestage"
 MODEL_NAME = "nodestage"

@@ -132,26 +132,27 @@ def _build(sources: list[Dataset], labels: sitk.Image, mapping: dict[int, int],
     missing = [d.SegmentLabel for d in descriptions if int(d.SegmentNumber) not in present]
     if missing:
         raise ValueError(f"segments without any voxel in the label map: {', '.join(missing)}")
-    seg = Segmentation(
-        source_images=[sources[int(k)] for k in slices],
-        pixel_array=array,
-        segmentation_type=SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=UID(),
-        series_number=series_number,
-        sop_instance_uid=UID(),
-        instance_number=1,
-        manufacturer=common.MANUFACTURER,
-        manufacturer_model_name=common.MODEL_NAME,
-        software_versions=common.software_version(),
-        device_serial_number=common.DEVICE_SERIAL_NUMBER,
-        content_description=f"nodestage {what}"[:64],
-        content_label=content_label,
-        omit_empty_frames=True,
-        series_description=common.series_description(what, settings),
-        coding_schemes=coding_schemes,
-        **common.study_datasets_for_notes(settings),
-    )
+    with common.no_phi_warnings():
+        seg = Segmentation(
+            source_images=[sources[int(k)] for k in slices],
+            pixel_array=array,
+            segmentation_type=SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=UID(),
+            series_number=series_number,
+            sop_instance_uid=UID(),
+            instance_number=1,
+            manufacturer=common.MANUFACTURER,
+            manufacturer_model_name=common.MODEL_NAME,
+            software_versions=common.software_version(),
+            device_serial_number=common.DEVICE_SERIAL_NUMBER,
+            content_description=f"nodestage {what}"[:64],
+            content_label=content_label,
+            omit_empty_frames=True,
+            series_description=common.series_description(what, settings),
+            coding_schemes=coding_schemes,
+            **common.study_datasets_for_notes(settings),
+        )
     common.drop_incomplete_clinical_trial_subject(seg)
     return seg
 

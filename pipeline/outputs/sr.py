@@ -353,27 +353,29 @@ def build_sr(result: StudyResult, seg: Dataset | str | Path | None, settings: Ou
     )
     report[0].ContentSequence.append(document_evaluations(result, settings))
     ref = ct[0]
-    sr = Comprehensive3DSR(
-        # Patient and study come from the first CT header; the rest only need their UIDs.
-        evidence=[ct[0], *(_uids_only(ds) for ds in [*ct[1:], *pet, *([seg_ds] if seg_ds is not None else [])])],
-        content=report[0],
-        series_instance_uid=UID(),
-        series_number=settings.series_number_base + 1,
-        sop_instance_uid=UID(),
-        instance_number=1,
-        manufacturer=common.MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        institution_name=ref.get("InstitutionName") or None,
-        series_description=common.series_description("N staging report", settings),
-        coding_schemes=[codes.coding_scheme_identification()],
-        manufacturer_model_name=common.MODEL_NAME,
-        software_versions=common.software_version(),
-        device_serial_number=common.DEVICE_SERIAL_NUMBER,
-        specific_character_set="ISO_IR 192",  # UTF-8: reasons use '≥' and '→'
-        **common.study_datasets_for_notes(settings),
-    )
+    with common.no_phi_warnings():
+        sr = Comprehensive3DSR(
+            # Patient and study come from the first CT header; the rest only need their UIDs.
+            evidence=[ct[0], *(_uids_only(ds)
+                               for ds in [*ct[1:], *pet, *([seg_ds] if seg_ds is not None else [])])],
+            content=report[0],
+            series_instance_uid=UID(),
+            series_number=settings.series_number_base + 1,
+            sop_instance_uid=UID(),
+            instance_number=1,
+            manufacturer=common.MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            institution_name=ref.get("InstitutionName") or None,
+            series_description=common.series_description("N staging report", settings),
+            coding_schemes=[codes.coding_scheme_identification()],
+            manufacturer_model_name=common.MODEL_NAME,
+            software_versions=common.software_version(),
+            device_serial_number=common.DEVICE_SERIAL_NUMBER,
+            specific_character_set="ISO_IR 192",  # UTF-8: reasons use '≥' and '→'
+            **common.study_datasets_for_notes(settings),
+        )
     common.drop_incomplete_clinical_trial_subject(sr)
     logger.info("SR: %d measurement groups, N %s (TNM 8) / %s (TNM 9)", len(groups), result.n_tnm8, result.n_tnm9)
     return sr

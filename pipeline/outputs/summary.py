@@ -648,23 +648,24 @@ def build_summary(result: StudyResult, pixels: np.ndarray, settings: OutputSetti
     """The Secondary Capture instance (RGB) holding `pixels`, in the study of the source CT."""
     settings = settings or OutputSettings()
     ref = common.source_ct(result, source_ct)[0]
-    sc = SCImage.from_ref_dataset(
-        ref_dataset=ref,
-        pixel_array=pixels,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=UID(),
-        series_number=settings.series_number_base + 2,
-        sop_instance_uid=UID(),
-        instance_number=1,
-        manufacturer=common.MANUFACTURER,
-        patient_orientation=("L", "F"),
-        series_description=common.series_description("summary", settings),
-        manufacturer_model_name=common.MODEL_NAME,
-        software_versions=common.software_version(),
-        **common.study_datasets_for_notes(settings),
-    )
+    with common.no_phi_warnings():
+        sc = SCImage.from_ref_dataset(
+            ref_dataset=ref,
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=UID(),
+            series_number=settings.series_number_base + 2,
+            sop_instance_uid=UID(),
+            instance_number=1,
+            manufacturer=common.MANUFACTURER,
+            patient_orientation=("L", "F"),
+            series_description=common.series_description("summary", settings),
+            manufacturer_model_name=common.MODEL_NAME,
+            software_versions=common.software_version(),
+            **common.study_datasets_for_notes(settings),
+        )
     sc.BurnedInAnnotation = "YES"
     # A thorax projection: CHEST is not a paired part, so no series Laterality applies.
     sc.BodyPartExamined = "CHEST"
