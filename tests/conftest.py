@@ -1,5 +1,6 @@
 """Shared fixtures: the read-only public test data, phantom studies, and real DICOM peers."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,14 +8,16 @@ import pytest
 from tests.peers import OrthancPeer, start_orthanc, stop_orthanc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+# The public test data: ../shared/data beside the project, or wherever NODESTAGE_TEST_DATA points
+# (scripts/fetch-test-data fetches and verifies it; tests/data/manifest.csv lists every file).
+SHARED_DATA = Path(os.environ.get("NODESTAGE_TEST_DATA") or PROJECT_ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, read-only. Missing data is a failure, not a skip."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"test data not found at {SHARED_DATA}")
+        pytest.fail(f"test data not found at {SHARED_DATA}: see README, 'Test data' (scripts/fetch-test-data)")
     return SHARED_DATA
 
 
