@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 
 CHATTY_LIBRARIES = ("highdicom", "pynetdicom", "apscheduler")
+# pynetdicom logs a refused connection at ERROR ("TCP Initialisation Error"); our SCU reports the
+# same failure once, as a warning naming the destination and the reason.
+TRANSPORT_LOGGER = "pynetdicom.transport"
 
 
 def quiet_libraries(level: str | int) -> None:
@@ -16,3 +19,4 @@ def quiet_libraries(level: str | int) -> None:
     debug = logging.getLevelName(level) == "DEBUG" if isinstance(level, int) else str(level).upper() == "DEBUG"
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.INFO if debug and name != "apscheduler" else logging.WARNING)
+    logging.getLogger(TRANSPORT_LOGGER).setLevel(logging.DEBUG if debug else logging.CRITICAL)

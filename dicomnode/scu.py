@@ -381,15 +381,16 @@ class Outbox:
         """C-ECHO every destination of the current mode and log the result."""
         results = {}
         for dest, role in self.config.all_destinations():
+            if self.config.mode == "silent" and role == "clinical":
+                logger.info("destination %s: not contacted (silent mode: nothing will be sent there)", dest.name)
+                continue
             result = echo(dest.ae_title, dest.host, dest.port, self.config.calling_ae_title, self.config.send,
                           self._ssl_context() if dest.tls else None)
             results[dest.name] = result
-            silent = self.config.mode == "silent" and role == "clinical"
-            note = " (silent mode: nothing will be sent there)" if silent else ""
             if result.ok:
-                logger.info("destination %s (%s@%s:%d, %s): C-ECHO ok in %.2f s%s", dest.name, dest.ae_title,
-                            dest.host, dest.port, role, result.seconds, note)
+                logger.info("destination %s (%s@%s:%d, %s): C-ECHO ok in %.2f s", dest.name, dest.ae_title,
+                            dest.host, dest.port, role, result.seconds)
             else:
-                logger.warning("destination %s (%s@%s:%d, %s): C-ECHO failed: %s%s", dest.name, dest.ae_title,
-                               dest.host, dest.port, role, result.detail, note)
+                logger.warning("destination %s (%s@%s:%d, %s): C-ECHO failed: %s", dest.name, dest.ae_title,
+                               dest.host, dest.port, role, result.detail)
         return results

@@ -227,3 +227,17 @@ def test_destinations_are_echoed_at_start_up_and_logged(orthanc, tmp_path, caplo
     lines = [r.getMessage() for r in caplog.records if "C-ECHO" in r.getMessage()]
     assert any(line.startswith("destination pacs") and "C-ECHO ok" in line for line in lines)
     assert any(line.startswith("destination backup") and "C-ECHO failed: cannot connect" in line for line in lines)
+
+
+def test_silent_mode_start_up_contacts_no_clinical_destination_and_logs_no_error(tmp_path, caplog):
+    """Issue 15: every silent start logged pynetdicom's ERROR "TCP Initialisation Error" for the example PACS."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    cfg = make_config(tmp_path, {"mode": "silent", "logging": {"level": "INFO"}, "send": {"echo_at_startup": True},
+                                 "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                   "port": free_port()}]})
+    with running_node(cfg):
+        wait_for(lambda: any("not contacted" in r.getMessage() for r in caplog.records), 20, what="the echo line")
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not any("C-ECHO" in r.getMessage() for r in caplog.records)
