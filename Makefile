@@ -2,13 +2,14 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+PYNETDICOM_APPS := echoscp echoscu findscu getscu movescu qrscp storescp storescu
 
-.PHONY: demo test venv system-packages clean
+.PHONY: demo test venv system-packages container-packages image clean
 
 demo: $(STAMP)
 	$(VENV)/bin/nodestage demo
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages container-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -20,10 +21,21 @@ $(STAMP): constraints.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# pynetdicom installs its own storescu, echoscu, ... apps: with the venv first on PATH they would
+	# hide dcmtk's tools of the same names, which the README and the tests mean.
+	cd $(VENV)/bin && rm -f $(PYNETDICOM_APPS)
 	touch $(STAMP)
 
 system-packages:
 	bash scripts/ensure-system-packages.sh
+
+# podman, buildah, mmdebstrap, runc: the container image and its test (README "Container")
+container-packages:
+	bash scripts/ensure-container-packages.sh
+
+# the Dockerfile's image, localhost/nodestage:latest, with the same pins (constraints.txt) as the venv
+image: container-packages
+	bash scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

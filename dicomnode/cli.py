@@ -1,7 +1,9 @@
 """`nodestage` command line: a thin layer over the pipeline and node APIs.
 
-Every command prints JSON or a one-line reason; a study that cannot be processed
-exits non-zero with that reason, never with a traceback.
+Every command prints JSON (UTF-8, stable keys) or a one-line reason, never a traceback.
+Exit codes: 0 done; 1 the thing checked failed (an echo, a study the demo could not stage);
+2 unusable input, arguments or configuration; 3 an unexpected internal error (its traceback
+is logged with --log-level DEBUG); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,18 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+from dicomnode.logs import quiet_libraries
 from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
+EXIT_FAILED = 1
 EXIT_UNPROCESSABLE = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 
 
 def _print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
@@ -57,7 +64,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.staging import stage_to_json
 
     side = None if args.side == "unknown" else args.side
-    _print_json(stage_to_json(side, args.stations, args.edition))
+    _print_json(stage_to_json(side, args.stations, args.edition))  # same keys whatever the edition
     return 0
 
 
@@ -73,6 +80,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_study
     from pipeline.settings import load_pipeline_settings
 
+    # Everything that can be checked before minutes of work is checked first.
+    study, out = Path(args.study_dir), Path(args.out)
+    if not study.is_dir():
+        raise UsageError(f"{study}: not a folder of DICOM files" if study.exists() else f"{study}: no such folder")
+    _check_out_dir(out)
     settings = load_pipeline_settings(args.config)
     show = sys.stderr.isatty() or args.progress
 
@@ -80,10 +92,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         if show:
             sys.stderr.write(f"[nodestage] {stage:<9} {state}\n")
 
-    result = run_study(Path(args.study_dir), settings, Path(args.out), progress=progress)
+    result = run_study(study, settings, out, progress=progress)
     _print_json({"n_tnm8": result.n_tnm8, "n_tnm9": result.n_tnm9, "stations": result.involved_stations,
                  "result": str(Path(args.out) / "result.json"), "warnings": result.warnings})
     return 0
+
+
+class UsageError(Exception):
+    """Arguments that cannot work (a file where a folder is needed, ...): one line, exit 2."""
+
+
+def _check_out_dir(out: Path) -> None:
+    """An output folder that exists or can be made, and can be written."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {parent} is not writable")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -91,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dicomnode.commands import demo
 
     result = demo(args.study, args.case, args.out_dir, progress=lambda line: sys.stdout.write(line + "\n"))
-    return 0 if result.get("state") == "DONE" else EXIT_UNPROCESSABLE
+    return 0 if result.get("state") == "DONE" else EXIT_FAILED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -112,7 +139,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     result = echo(args.target, calling_aet=args.aet, config_path=args.config)
     _print_json(result)
-    return 0 if result.get("ok") else 1
+    return 0 if result.get("ok") else EXIT_FAILED
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
@@ -142,35 +169,62 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cohort(args: argparse.Namespace) -> int:
+    """A synthetic cohort (phantom studies, not patients) with reference.csv and cohort.json, for evaluate."""
+    from pipeline.evaluate.cohort import SUBGROUPS, generate_cohort
+
+    if not args.anatomy:
+        sys.stderr.write("nodestage cohort: no --anatomy: geometric phantom only\n")
+    studies = generate_cohort(Path(args.out_dir), args.n, args.seed, Path(args.anatomy) if args.anatomy else None,
+                              args.size)
+    out = Path(args.out_dir)
+    _print_json({"out_dir": str(out), "studies": len(studies), "cohort": str(out / "cohort.json"),
+                 "references": {k: str(out / v) for k, v in SUBGROUPS.items() if (out / v).is_file()},
+                 "near_threshold": sum(1 for s in studies if s.near_threshold),
+                 "sources": {src: sum(1 for s in studies if s.plan.source == src)
+                             for src in sorted({s.plan.source.value for s in studies})},
+                 "next": "send studies/*/dicom to the node in silent mode, then nodestage evaluate --ledger "
+                         "ledger.csv --reference <each reference CSV> --out REPORT_DIR"})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nodestage", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
+    from pipeline import __version__
+
+    parser = argparse.ArgumentParser(prog="nodestage", description=__doc__.splitlines()[0],
+                                     epilog="Exit codes: 0 done, 1 check failed, 2 unusable input or "
+                                            "configuration, 3 internal error, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"nodestage {__version__}")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, help="log level on stderr (default: WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("phantom", help="write a synthetic PET/CT study with ground truth")
-    p.add_argument("out_dir", nargs="?")
-    p.add_argument("--case")
+    p.add_argument("out_dir", nargs="?", help="folder to write the study (dicom/) and truth.json into")
+    p.add_argument("--case", help="case name (see --list)")
     p.add_argument("--anatomy", metavar="DIR",
                    help="real-anatomy cases: a folder with cxr.nii.gz, mask.nii.gz and structures.csv "
                         "(e.g. ../shared/data/ct/lidc-idri-0001)")
     p.add_argument("--size", choices=["small", "full"], default=None,
                    help="small or full (default: small for geometric cases, full for real-anatomy ones)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--list", action="store_true", help="list the named cases")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("stage", help="N category from the primary's side and the positive stations")
-    p.add_argument("--side", choices=["left", "right", "unknown"], required=True)
+    p.add_argument("--side", choices=["left", "right", "unknown"], required=True,
+                   help="side of the primary tumour (decides ipsi- and contralateral)")
     p.add_argument("--stations", default="", help="comma-separated IASLC stations, e.g. 4R,7")
-    p.add_argument("--edition", type=int, choices=[8, 9])
+    p.add_argument("--edition", type=int, choices=[8, 9], default=8,
+                   help="edition whose category is given as \"n\" (both are always given; default: 8)")
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("inspect", help="which series would be used, geometry, SUV factor, warnings")
-    p.add_argument("study_dir")
+    p.add_argument("study_dir", help="a folder of one study's DICOM files (searched recursively)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="stage one study folder offline: result.json and DICOM SEG/SR/SC")
-    p.add_argument("study_dir")
+    p.add_argument("study_dir", help="a folder of one study's DICOM files (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (result.json, summary.png, dicom/)")
     p.add_argument("--config", help="config.yaml whose pipeline: section sets the backends")
     p.add_argument("--progress", action="store_true", help="progress lines even when stderr is not a terminal")
@@ -191,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("echo", help="C-ECHO a peer: AE@HOST:PORT")
-    p.add_argument("target")
-    p.add_argument("--aet", help="calling AE title (default: the node's)")
+    p.add_argument("target", help="AE@HOST:PORT, e.g. NODESTAGE@127.0.0.1:11112")
+    p.add_argument("--aet", help="calling AE title (default: the node's; for the node itself, the first AE on "
+                                 "its allow-list)")
     p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
     p.set_defaults(func=cmd_echo)
 
@@ -211,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the kappa interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cohort", help="a synthetic cohort of phantom studies with reference.csv (cN, pN) for evaluate")
+    p.add_argument("out_dir", help="folder for studies/, reference.csv and cohort.json")
+    p.add_argument("--n", type=int, required=True, help="number of studies")
+    p.add_argument("--seed", type=int, default=0, help="cohort seed (the same seed gives the same cohort)")
+    p.add_argument("--anatomy", metavar="DIR",
+                   help="also draw real-anatomy studies on this CT + label map (e.g. ../shared/data/ct/lidc-idri-0001)")
+    p.add_argument("--size", choices=["small", "full"], default="small", help="phantom grid (default: small)")
+    p.set_defaults(func=cmd_cohort)
     return parser
 
 
@@ -218,14 +282,38 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries(str(args.log_level).upper())
+    return _run_command(args)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The one error handler: every failure is one line on stderr and a documented exit code."""
+    from dicomnode.config import ConfigError
+
+    def fail(message: object, code: int) -> int:
+        sys.stderr.write(f"nodestage {args.command}: {_one_line(message)}\n")
+        return code
+
     try:
         return args.func(args)
-    except PipelineError as err:
-        sys.stderr.write(f"nodestage {args.command}: {err}\n")
-        return EXIT_UNPROCESSABLE
-    except ValueError as err:
-        sys.stderr.write(f"nodestage {args.command}: {err}\n")
-        return EXIT_UNPROCESSABLE
+    except (PipelineError, ConfigError, UsageError, ValueError) as err:
+        return fail(err, EXIT_UNPROCESSABLE)
+    except FileNotFoundError as err:
+        return fail(f"{err.filename or err}: not found", EXIT_UNPROCESSABLE)
+    except PermissionError as err:
+        return fail(f"{err.filename or err}: permission denied", EXIT_UNPROCESSABLE)
+    except OSError as err:
+        return fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}", EXIT_UNPROCESSABLE)
+    except KeyboardInterrupt:
+        return fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as err:  # a bug: one line here, the traceback in the log at DEBUG
+        logger.debug("internal error in nodestage %s", args.command, exc_info=True)
+        return fail(f"internal error: {type(err).__name__}: {err} (rerun with --log-level DEBUG for the "
+                    "traceback)", EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 from dicomnode.config import ConfigError, NodeConfig, load_config
 from dicomnode.logs import quiet_libraries
+from dicomnode.runtime import read_runtime
 from dicomnode.storage import connect, rows_to_dicts
 from dicomnode.studies import FINISHED, STATES
 
@@ -77,7 +78,7 @@ def serve(config_path: str | Path | None = None, stop_event: threading.Event | N
 
 
 def _config_for_status(config_path: str | Path | None) -> NodeConfig:
-    return load_config(config_path)
+    return load_config(config_path, serving=False)
 
 
 def status(config_path: str | Path | None = None, now: float | None = None) -> dict[str, Any]:
@@ -86,6 +87,12 @@ def status(config_path: str | Path | None = None, now: float | None = None) -> d
     db = config.storage.database
     out: dict[str, Any] = {"node": {"ae_title": config.node.ae_title, "port": config.node.port, "mode": config.mode,
                                     "database": str(db)}}
+    running = read_runtime(db, now)
+    if running is None:
+        out["node"].update(running=False, note="the node is not running (no live node process for this index)")
+    else:  # what the running node uses, which an environment override may have changed
+        out["node"].update(running=True, pid=running["pid"], port=running["port"], ae_title=running["ae_title"],
+                           mode=running["mode"], uptime_s=running["uptime_s"], version=running.get("version"))
     if not db.is_file():
         out["error"] = f"no index at {db} (the node has not run with this config)"
         return out
@@ -153,10 +160,18 @@ def echo(target: str, calling_aet: str | None = None, config_path: str | Path | 
     ae, host, port = parse_target(target)
     settings = None
     if calling_aet is None and config_path is not None:
-        config = load_config(config_path)
+        config = load_config(config_path, serving=False)
         calling_aet, settings = config.calling_ae_title, config.send
-    result = c_echo(ae, host, port, calling_aet or "NODESTAGE", settings)
-    return {"target": f"{ae}@{host}:{port}", **result.to_dict()}
+        if ae == config.node.ae_title and config.security.allowed_calling_aets:
+            # the node itself: its own AE title is (rightly) not on its allow-list; use one that is
+            calling_aet = config.security.allowed_calling_aets[0]
+    calling_aet = calling_aet or "NODESTAGE"
+    result = c_echo(ae, host, port, calling_aet, settings)
+    out = {"target": f"{ae}@{host}:{port}", "calling_aet": calling_aet, **result.to_dict()}
+    if not result.ok and "reject" in result.detail.lower():
+        out["hint"] = (f"{ae} rejected the calling AE {calling_aet}: pass --aet with an AE title on its "
+                       "allow-list (for this node: security.allowed_calling_aets)")
+    return out
 
 
 def reprocess(config_path: str | Path | None, study: str) -> dict[str, Any]:

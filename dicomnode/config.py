@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from pipeline.settings import PipelineSettings
 
@@ -68,11 +69,14 @@ class NodeSettings(_Section):
         default="native", description="receive engine: native (dicomnode.ul_server, fast) or pynetdicom (fallback)")
     require_called_aet: bool = Field(default=False, description="refuse associations whose called AE is not ae_title")
     max_associations: int = Field(default=16, ge=1, description="concurrent incoming associations")
-    max_pdu: int = Field(default=0, ge=0, description="maximum PDU we accept, bytes; 0 = unlimited")
+    max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we accept, bytes; 0 = unlimited")
+    max_dataset_mb: float = Field(default=2048, gt=0, description="largest data set (one instance) we accept, MiB")
+    max_negotiating: int = Field(default=32, ge=1, description="connections still negotiating (native engine)")
     tcp_nodelay: bool = Field(default=True, description="disable Nagle's algorithm on every socket (see ENVIRONMENT.md)")
-    acse_timeout_s: float = Field(default=30, gt=0)
-    dimse_timeout_s: float = Field(default=60, gt=0)
-    network_timeout_s: float = Field(default=60, gt=0)
+    acse_timeout_s: float = Field(default=30, gt=0, description="accept -> whole association request (deadline)")
+    pdu_timeout_s: float = Field(default=30, gt=0, description="first byte of a PDU -> its last (deadline)")
+    dimse_timeout_s: float = Field(default=60, gt=0, description="first PDU of a DIMSE message -> all of it")
+    network_timeout_s: float = Field(default=60, gt=0, description="idle time allowed between PDUs")
 
     @field_validator("ae_title")
     @classmethod
@@ -233,8 +237,9 @@ class NodeConfig(_Section):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @model_validator(mode="after")
-    def _consistent(self) -> NodeConfig:
-        if not self.security.allowed_calling_aets and not self.security.allow_any_calling_aet:
+    def _consistent(self, info: ValidationInfo) -> NodeConfig:
+        serving = (info.context or {}).get("serving", True)  # `status` and `echo` read a config they do not serve
+        if serving and not self.security.allowed_calling_aets and not self.security.allow_any_calling_aet:
             raise ValueError("security.allowed_calling_aets is empty: list the sending AE titles "
                              "(or set security.allow_any_calling_aet: true)")
         names = [d.name for d in self.destinations] + (
@@ -320,10 +325,12 @@ def _format_error(err: ValidationError, from_env: dict[str, str], source: str) -
     return f"{source}: invalid configuration: " + "; ".join(lines)
 
 
-def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> NodeConfig:
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None,
+                serving: bool = True) -> NodeConfig:
     """Read `path` (else $NODESTAGE_CONFIG, else defaults), apply NODESTAGE__ overrides, validate.
 
-    Raises ConfigError naming the key for every problem.
+    Raises ConfigError naming the key for every problem. `serving=False` (status, echo) skips the
+    checks only a running node needs, such as a non-empty calling-AE allow-list.
     """
     environ = dict(os.environ if environ is None else environ)
     if path is None and environ.get(ENV_CONFIG_FILE):
@@ -349,7 +356,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         _set_path(data, keys, value, env_name)
         from_env[".".join(keys)] = env_name
     try:
-        config = NodeConfig.model_validate(data)
+        config = NodeConfig.model_validate(data, context={"serving": serving})
     except ValidationError as err:
         raise ConfigError(_format_error(err, from_env, source)) from None
     return _absolute(config, base)

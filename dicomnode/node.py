@@ -17,8 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pydicom.config
 
+from pipeline import __version__
+
 from dicomnode.config import NodeConfig
 from dicomnode.logs import quiet_libraries
+from dicomnode.runtime import remove_runtime, write_runtime
 from dicomnode.scheduler import NodeScheduler
 from dicomnode.scp import StoreSCP
 from dicomnode.scu import Outbox, append_ledger, ledger_failure_row
@@ -78,6 +81,7 @@ class Node:
                 threading.Thread(target=self._echo, name="nodestage-echo", daemon=True).start()
             if cfg.metrics.port is not None:
                 self.metrics = start_metrics(self)
+            write_runtime(cfg.storage.database, self.port, cfg.node.ae_title, cfg.mode, __version__)
             logger.info("node %s started: mode %s, %d destination(s), %d worker(s)", cfg.node.ae_title, cfg.mode,
                         len(cfg.all_destinations()), cfg.worker.concurrency)
         except BaseException:
@@ -109,6 +113,7 @@ class Node:
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+            remove_runtime(self.config.storage.database)
         if self.started:
             logger.info("node stopped")
         self.started = False

@@ -28,3 +28,7 @@ class SUVInputError(StudyInputError):
 
 class GeometryError(StudyInputError):
     """Slices that do not form a regular volume (gaps, tilt, uneven spacing)."""
+
+
+class SettingsError(PipelineError):
+    """A config file or pipeline setting that cannot be used; the message names the file and the key."""

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.anatomy import AnatomySettings
+from pipeline.errors import SettingsError
 
 
 class _Strict(BaseModel):
@@ -89,5 +90,22 @@ def load_pipeline_settings(config_path: str | Path | None) -> PipelineSettings:
     """The `pipeline:` section of a config.yaml (defaults when the file or section is absent)."""
     if config_path is None:
         return PipelineSettings()
-    data = yaml.safe_load(Path(config_path).read_text()) or {}
-    return PipelineSettings.model_validate(data.get("pipeline") or {})
+    path = Path(config_path)
+    if not path.is_file():
+        raise SettingsError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SettingsError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return PipelineSettings.model_validate(data.get("pipeline") or {})
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(["pipeline", *(str(p) for p in e["loc"])])
+            shown = e.get("input")
+            value = "" if isinstance(shown, (dict, list)) or shown is None else f" [got {shown!r}]"
+            problems.append(f"{key}: {e['msg'].removeprefix('Value error, ')}{value}")
+        raise SettingsError(f"{path}: invalid pipeline settings: " + "; ".join(problems)) from None

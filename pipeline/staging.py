@@ -309,5 +309,6 @@ def stage_to_json(
         "reasons": list(result.reasons),
     }
     if edition is not None:
+        out["edition"] = edition
         out["n"] = result.n_tnm8 if edition == 8 else result.n_tnm9
     return out

@@ -54,12 +54,15 @@ def test_status_reports_states_queue_and_errors(tmp_path, small_study):
     with running_node(cfg) as node:
         assert storescu(small_study.out_dir / "dicom" / "ct", node.port).returncode == 0
         report = status(path)  # from another connection, while the node runs
+        assert report["node"]["running"] is True and report["node"]["port"] == node.port  # the port in use
+        assert report["node"]["port"] != cfg.node.port and report["node"]["uptime_s"] >= 0
         assert report["studies"][RECEIVING] == 1
         (active,) = report["active"]
         assert active["study_uid"] == uid and active["instances"] == 89 and active["series"] == 1
         row = study_row(node, uid)
         node.tracker.scan(now=row["first_received"] + cfg.studies.max_wait_seconds + 1)
     report = status(path)
+    assert report["node"]["running"] is False and "not running" in report["node"]["note"]
     assert report["studies"]["INCOMPLETE"] == 1 and report["active"] == []
     assert "no PET" in report["recent"][0]["reason"]
     assert report["last_errors"][0]["kind"] == "incomplete"
@@ -100,3 +103,16 @@ def test_retention_removes_only_finished_studies(tmp_path, small_study):
         assert not (cfg.storage.archive_dir / uid).exists()
         assert study_row(node, uid)["purged"] == 1
         assert node.storage.query_one("SELECT COUNT(*) FROM instances")[0] == 0
+
+
+def test_status_needs_no_allow_list(tmp_path):
+    """Issue 15: `status` with no config stopped on "allowed_calling_aets is empty", a setting it does not use."""
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        report = status(None)
+    finally:
+        os.chdir(cwd)
+    assert report["node"]["running"] is False and "no index" in report["error"]

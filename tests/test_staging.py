@@ -319,8 +319,8 @@ def test_stage_to_json_without_edition():
 @pytest.mark.parametrize("edition, n", [(8, "N2"), (9, "N2a")])
 def test_stage_to_json_with_edition(edition, n):
     out = stage_to_json("left", ["4L"], edition)
-    assert set(out) == {"n_tnm8", "n_tnm9", "stations", "reasons", "n"}
-    assert out["n"] == n
+    assert set(out) == {"n_tnm8", "n_tnm9", "stations", "reasons", "edition", "n"}
+    assert (out["edition"], out["n"]) == (edition, n)
 
 
 @pytest.mark.parametrize("bad", [7, 10, "9", True])
