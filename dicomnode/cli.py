@@ -188,6 +188,41 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    """Each configured model backend: weights present or missing (exit 1 when one cannot run)."""
+    from dicomnode.config import load_config
+    from dicomnode.health import weights_checks
+
+    checks = weights_checks(load_config(args.config, serving=False).pipeline)
+    _print_json([c.to_dict() for c in checks])
+    return 0 if all(c.ok for c in checks) else EXIT_FAILED
+
+
+SECRET_WORDS = ("password", "secret", "token", "passphrase")
+
+
+def _mask_secrets(value):
+    if isinstance(value, dict):
+        return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) and v else _mask_secrets(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_secrets(v) for v in value]
+    return value
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """`config check`: the node would start with this config; `config show`: the effective config."""
+    from dicomnode.config import load_config
+
+    config = load_config(args.config)  # serving checks included: what `serve` would refuse, this refuses
+    if args.action == "check":
+        _print_json({"ok": True, "config": args.config or os.environ.get("NODESTAGE_CONFIG") or "defaults",
+                     "mode": config.mode, "port": config.node.port, "ae_title": config.node.ae_title})
+    else:
+        _print_json(_mask_secrets(config.model_dump(mode="json")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline import __version__
 
@@ -255,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="StudyInstanceUID or the study number shown by status")
     p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
     p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser("weights", help="are the configured models' weights on disk? (never downloads)")
+    p.add_argument("action", choices=["check"], help="check: list each configured model as present or missing")
+    p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("config", help="validate the configuration, or show the effective one")
+    p.add_argument("action", choices=["check", "show"],
+                   help="check: would the node start with it; show: the effective config (env overrides applied)")
+    p.add_argument("--config", help="config.yaml (default: $NODESTAGE_CONFIG)")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("evaluate", help="score ledger.csv against clinical (cN) and pathological (pN) N")
     p.add_argument("--ledger", required=True, help="the node's ledger.csv")

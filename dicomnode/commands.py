@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config import ConfigError, NodeConfig, load_config
-from dicomnode.logs import quiet_libraries
+from dicomnode.logs import formatter, quiet_libraries
 from dicomnode.runtime import read_runtime
 from dicomnode.storage import connect, rows_to_dicts
 from dicomnode.studies import FINISHED, STATES
@@ -31,13 +31,13 @@ from dicomnode.studies import FINISHED, STATES
 logger = logging.getLogger(__name__)
 
 
-def configure_logging(level: str) -> None:
-    """Root logger at `level`, with one stderr handler (kept if the CLI set one up)."""
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Root logger at `level`, with one stderr handler in the configured format."""
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    for handler in root.handlers:
+        handler.setFormatter(formatter(fmt))
     root.setLevel(level)
     quiet_libraries(level)
 
@@ -47,7 +47,7 @@ def serve(config_path: str | Path | None = None, stop_event: threading.Event | N
     from dicomnode.node import Node
 
     config = load_config(config_path)
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, config.logging.format)
     stop = stop_event or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():

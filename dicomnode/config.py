@@ -211,6 +211,7 @@ class SendSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="INFO carries no PHI and no UIDs; DEBUG adds study UIDs and accession numbers")
+    format: Literal["text", "json"] = Field(default="text", description="text lines, or one JSON object per line")
 
 
 class MetricsSettings(_Section):

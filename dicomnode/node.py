@@ -11,6 +11,7 @@ left SENDING are due again, partial temp files are removed.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ import pydicom.config
 from pipeline import __version__
 
 from dicomnode.config import NodeConfig
+from dicomnode.health import readiness
 from dicomnode.logs import quiet_libraries
 from dicomnode.runtime import remove_runtime, write_runtime
 from dicomnode.scheduler import NodeScheduler
@@ -128,48 +130,82 @@ class Node:
 # ---------------------------------------------------------------- metrics (optional)
 
 
+COUNTERS = [
+    ("instances_received", "CT/PET instances stored"),
+    ("instances_ignored", "instances of other SOP classes accepted and ignored"),
+    ("instances_duplicate", "instances received again (counted once)"),
+    ("instances_undecodable", "instances refused with 0xC210"),
+    ("instances_refused_disk", "instances refused with 0xA700"),
+    ("associations_rejected", "associations rejected"),
+    ("jobs_done", "pipeline jobs done"),
+    ("jobs_failed", "pipeline jobs failed"),
+    ("sends_delivered", "sends delivered"),
+    ("send_failures", "failed send attempts"),
+]
+SEND_STATES = ("PENDING", "SENDING", "DONE", "FAILED_SEND")
+
+
+class IndexCollector:
+    """Prometheus metrics read from the index at each scrape (prometheus_client custom collector)."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        counters = {r["name"]: r["value"] for r in self.storage.query("SELECT name, value FROM counters")}
+        for name, help_ in COUNTERS:
+            yield CounterMetricFamily(f"nodestage_{name}", help_, value=counters.get(name, 0))
+        yield CounterMetricFamily("nodestage_job_seconds", "time spent in pipeline jobs",
+                                  value=counters.get("job_seconds_total", 0))
+        studies = GaugeMetricFamily("nodestage_studies", "studies by state", labels=["state"])
+        by_state = {r["state"]: r["n"] for r in self.storage.query(
+            "SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
+        for state in STATES:
+            studies.add_metric([state], by_state.get(state, 0))
+        yield studies
+        sends = GaugeMetricFamily("nodestage_sends", "sends by state", labels=["state"])
+        by_send = {r["state"]: r["n"] for r in self.storage.query(
+            "SELECT state, COUNT(*) AS n FROM sends GROUP BY state")}
+        for state in SEND_STATES:
+            sends.add_metric([state], by_send.get(state, 0))
+        yield sends
+
+
 def metrics_text(storage: Storage) -> str:
-    """Prometheus text format: counters, studies by state, queue and outbox sizes."""
-    lines = []
-    counters = {r["name"]: r["value"] for r in storage.query("SELECT name, value FROM counters")}
-    for name, help_ in [
-        ("instances_received", "CT/PET instances stored"),
-        ("instances_ignored", "instances of other SOP classes accepted and ignored"),
-        ("instances_duplicate", "instances received again (counted once)"),
-        ("instances_undecodable", "instances refused with 0xC210"),
-        ("instances_refused_disk", "instances refused with 0xA700"),
-        ("associations_rejected", "associations rejected"),
-        ("jobs_done", "pipeline jobs done"),
-        ("jobs_failed", "pipeline jobs failed"),
-        ("sends_delivered", "sends delivered"),
-        ("send_failures", "failed send attempts"),
-    ]:
-        lines += [f"# HELP nodestage_{name}_total {help_}", f"# TYPE nodestage_{name}_total counter",
-                  f"nodestage_{name}_total {counters.get(name, 0):g}"]
-    lines += ["# HELP nodestage_job_seconds_total time spent in pipeline jobs",
-              "# TYPE nodestage_job_seconds_total counter",
-              f"nodestage_job_seconds_total {counters.get('job_seconds_total', 0):g}"]
-    by_state = {r["state"]: r["n"] for r in storage.query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
-    lines += ["# HELP nodestage_studies studies by state", "# TYPE nodestage_studies gauge"]
-    lines += [f'nodestage_studies{{state="{s}"}} {by_state.get(s, 0)}' for s in STATES]
-    sends = {r["state"]: r["n"] for r in storage.query("SELECT state, COUNT(*) AS n FROM sends GROUP BY state")}
-    lines += ["# HELP nodestage_sends sends by state", "# TYPE nodestage_sends gauge"]
-    lines += [f'nodestage_sends{{state="{s}"}} {sends.get(s, 0)}' for s in ("PENDING", "SENDING", "DONE",
-                                                                             "FAILED_SEND")]
-    return "\n".join(lines) + "\n"
+    """Prometheus text exposition of the index's counters and gauges."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(IndexCollector(storage))
+    return generate_latest(registry).decode()
 
 
 def start_metrics(node: Node) -> ThreadingHTTPServer:
+    """/metrics (Prometheus), /healthz (alive) and /readyz (ready to receive and process a study)."""
     storage = node.storage
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
-            if self.path.split("?")[0] != "/metrics" or storage is None:
+            path = self.path.split("?")[0]
+            if path == "/healthz":
+                alive = node.scp is not None
+                self._reply(200 if alive else 503, json.dumps({"alive": alive}), "application/json")
+            elif path == "/readyz":
+                checks = readiness(node)
+                ready = all(c.ok for c in checks)
+                self._reply(200 if ready else 503, json.dumps({"ready": ready, "checks": [c.to_dict() for c in checks]}),
+                            "application/json")
+            elif path == "/metrics" and storage is not None:
+                self._reply(200, metrics_text(storage), "text/plain; version=0.0.4")
+            else:
                 self.send_error(404)
-                return
-            body = metrics_text(storage).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+
+        def _reply(self, code: int, text: str, content_type: str) -> None:
+            body = text.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -179,5 +215,6 @@ def start_metrics(node: Node) -> ThreadingHTTPServer:
 
     server = ThreadingHTTPServer((node.config.metrics.host, node.config.metrics.port), Handler)
     threading.Thread(target=server.serve_forever, name="nodestage-metrics", daemon=True).start()
-    logger.info("metrics on http://%s:%d/metrics", node.config.metrics.host, server.server_address[1])
+    logger.info("metrics on http://%s:%d/metrics (and /healthz, /readyz)", node.config.metrics.host,
+                server.server_address[1])
     return server

@@ -98,6 +98,10 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    def alive(self) -> bool:
+        """Every worker thread is running (readiness)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def stop(self, timeout: float = 30) -> None:
         """Stop taking jobs; kill running pipeline processes (their jobs go back to the queue)."""
         self._stopping.set()

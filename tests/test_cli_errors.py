@@ -113,3 +113,37 @@ def test_the_venv_hides_no_dcmtk_tool():
     assert "storescu" in apps
     bindir = Path(sys.executable).parent
     assert not [name for name in apps if (bindir / name).exists()]
+
+
+def test_weights_check_on_fake_weights_and_an_empty_folder(tmp_path):
+    """The configured nnU-Net model: an empty folder is missing (exit 1); a complete (fake) one is present."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"pipeline": {"lesions": {"backend": "nnunet", "nnunet": {
+        "model_dir": str(empty)}}}}))
+    proc = nodestage("weights", "check", "--config", str(config))
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
+    assert not checks["lesions: nnunet"]["ok"] and "dataset.json" in checks["lesions: nnunet"]["detail"]
+    assert checks["anatomy: classical"]["ok"]
+
+    from tests.nnunet_fake import write_fake_model  # a tiny randomly initialised nnU-Net v2 model folder
+
+    model = write_fake_model(tmp_path / "results", 901, "FakeLesions", {"background": 0, "lesion": 1}, ["CT", "PET"])
+    config.write_text(yaml.safe_dump({"pipeline": {"lesions": {"backend": "nnunet", "nnunet": {
+        "model_dir": str(model)}}}}))
+    proc = nodestage("weights", "check", "--config", str(config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all(c["ok"] for c in json.loads(proc.stdout))
+
+
+def test_config_check_and_show(tmp_path):
+    path = write_config(tmp_path)
+    proc = nodestage("config", "check", "--config", str(path))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"]
+    shown = json.loads(nodestage("config", "show", "--config", str(path)).stdout)
+    assert shown["node"]["ae_title"] == "NODESTAGE" and "pipeline" in shown
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"node": {"port": 70000}, "security": {"allowed_calling_aets": ["PACS"]}}))
+    one_line_error(nodestage("config", "check", "--config", str(bad)), EXIT_UNPROCESSABLE, "node.port")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.error
 import urllib.request
 
 import pydicom
@@ -81,9 +82,43 @@ def test_metrics_endpoint(tmp_path, small_study):
         assert storescu(small_study.out_dir / "dicom" / "pet", node.port).returncode == 0
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
-    assert "nodestage_instances_received_total 89" in text
-    assert 'nodestage_studies{state="RECEIVING"} 1' in text
-    assert "nodestage_send_failures_total 0" in text
+    assert "nodestage_instances_received_total 89.0" in text
+    assert 'nodestage_studies{state="RECEIVING"} 1.0' in text
+    assert "nodestage_send_failures_total 0.0" in text
+    assert "# TYPE nodestage_jobs_done_total counter" in text
+
+
+def _get(url: str) -> tuple[int, dict]:
+    import json
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_health_and_readiness(tmp_path):
+    port = free_port()
+    cfg = make_config(tmp_path, {"metrics": {"port": port}, "worker": {"concurrency": 1}})
+    with running_node(cfg):
+        assert _get(f"http://127.0.0.1:{port}/healthz") == (200, {"alive": True})
+        code, ready = _get(f"http://127.0.0.1:{port}/readyz")
+        assert code == 200 and ready["ready"], ready
+        assert {c["name"] for c in ready["checks"]} >= {"database", "disk", "worker", "anatomy: classical"}
+
+
+def test_readiness_turns_unready_below_the_disk_watermark_and_without_weights(tmp_path):
+    """Free disk under storage.min_free_mb (the node would refuse instances) and missing nnU-Net weights."""
+    port = free_port()
+    cfg = make_config(tmp_path, {"metrics": {"port": port}, "storage": {"min_free_mb": 1e12},
+                                 "pipeline": {"lesions": {"backend": "nnunet",
+                                                          "nnunet": {"model_dir": str(tmp_path / "none")}}}})
+    with running_node(cfg):
+        code, ready = _get(f"http://127.0.0.1:{port}/readyz")
+    assert code == 503 and not ready["ready"]
+    failed = {c["name"]: c["detail"] for c in ready["checks"] if not c["ok"]}
+    assert "watermark" in failed["disk"] and "nnU-Net model folder" in failed["lesions: nnunet"]
 
 
 def test_retention_removes_only_finished_studies(tmp_path, small_study):
