@@ -83,7 +83,8 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
 
     with _timed(timings, "lesions", progress):
         findings = detect_lesions(volumes, anatomy, station_map, settings, study_uid,
-                                  _carina_index(station_map, anatomy, volumes.ct))
+                                  _carina_index(station_map, anatomy, volumes.ct),
+                                  progress=(lambda line: progress("lesions", line)) if progress else None)
     if any(w.startswith(UPTAKE_WARNING_PREFIX) for w in findings.warnings):
         # the reading's uptake warning says what the decision rests on; one uptake warning, not two
         warnings = [w for w in warnings if not w.startswith(UPTAKE_WARNING_PREFIX)]
@@ -135,7 +136,8 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         with _timed(timings, "outputs", progress):
             from pipeline.outputs import write_outputs
 
-            write_outputs(result, Path(out_dir), settings.outputs)
+            write_outputs(result, Path(out_dir), settings.outputs,
+                          progress=(lambda line: progress("outputs", line)) if progress else None)
     logger.info("study staged: %s (TNM 8) / %s (TNM 9), %d lesions", result.n_tnm8, result.n_tnm9, len(result.lesions))
     return result
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_node_fixtures import make_config, running_node, write_config  # noqa: F401
+from tests.test_node_fixtures import make_config, running_node, small_study, write_config  # noqa: F401
 
 EXIT_FAILED, EXIT_UNPROCESSABLE = 1, 2
 
@@ -147,3 +147,13 @@ def test_config_check_and_show(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"node": {"port": 70000}, "security": {"allowed_calling_aets": ["PACS"]}}))
     one_line_error(nodestage("config", "check", "--config", str(bad)), EXIT_UNPROCESSABLE, "node.port")
+
+
+def test_run_reports_progress_within_the_long_stages(tmp_path, small_study):
+    proc = nodestage("run", str(small_study.out_dir / "dicom"), "--out", str(tmp_path / "out"), "--progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[nodestage]")]
+    assert any("lesions" in line and "candidate foci" in line for line in lines)
+    assert any("outputs" in line and "SR written" in line for line in lines)
+    quiet = nodestage("run", str(small_study.out_dir / "dicom"), "--out", str(tmp_path / "out2"))
+    assert "[nodestage]" not in quiet.stderr  # not a terminal, no --progress: no progress lines

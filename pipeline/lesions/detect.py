@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +51,12 @@ def uptake_minutes(volumes) -> float | None:
 
 
 def detect_lesions(volumes, anatomy: Anatomy, station_map, settings: PipelineSettings, study_uid: str,
-                   carina_index: float | None = None) -> LesionFindings:
-    """Detection (by backend), splitting at peaks, measurement, naming, and the node reading."""
+                   carina_index: float | None = None, progress: Callable[[str], None] | None = None
+                   ) -> LesionFindings:
+    """Detection (by backend), splitting at peaks, measurement, naming, and the node reading.
+
+    `progress` gets a short line at each step (a real study has a few hundred foci to read)."""
+    say = progress or (lambda _line: None)
     ct = sitk.GetArrayViewFromImage(volumes.ct)
     suv = sitk.GetArrayViewFromImage(volumes.suv)
     ls, pos = settings.lesions, settings.positivity
@@ -78,14 +83,16 @@ def detect_lesions(volumes, anatomy: Anatomy, station_map, settings: PipelineSet
         mask = cand.candidate_mask(suv, ct, anatomy, threshold, organs)
         rule += f"; inside the body; excluding {', '.join(excluded) or 'no organ (none in the anatomy)'}"
     labels, n = cand.components(mask, min_vox)
+    say(f"{n} candidate foci above the threshold")
     component_of = {k: k for k in range(1, n + 1)}
     if ls.split_peaks and n:
         split = cand.SplitRule(ls.peak_min_prominence_suv, ls.peak_min_prominence_fraction, ls.pet_fwhm_mm)
         labels, n, component_of = cand.split_at_peaks(labels, n, suv, sp, split, min_vox)
     rule += f"; at least {ls.min_pet_voxels} PET voxels; split at separate SUV peaks" if ls.split_peaks else ""
+    say(f"{n} foci after splitting at peaks; searching CT for enlarged nodes")
     enlarged = enlarged_ct_candidates(volumes, anatomy, station_map, labels > 0, pos)
     lesions, out_labels = measure_and_name(volumes, anatomy, station_map, labels, n, settings, refs, study_uid,
-                                           enlarged, component_of)
+                                           enlarged, component_of, say)
     if not any(l.kind == LesionKind.PRIMARY for l in lesions):
         warnings.append("no FDG-avid lesion in or against the lung: primary tumour not found")
     label_img = sitk.GetImageFromArray(out_labels)
@@ -96,8 +103,8 @@ def detect_lesions(volumes, anatomy: Anatomy, station_map, settings: PipelineSet
 
 def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.ndarray, n: int,
                      settings: PipelineSettings, refs: reading.References, study_uid: str,
-                     enlarged: list[np.ndarray], component_of: dict[int, int] | None = None
-                     ) -> tuple[list[Lesion], np.ndarray]:
+                     enlarged: list[np.ndarray], component_of: dict[int, int] | None = None,
+                     say: Callable[[str], None] = lambda _line: None) -> tuple[list[Lesion], np.ndarray]:
     ct_img: sitk.Image = volumes.ct
     ct = sitk.GetArrayViewFromImage(ct_img)
     suv = sitk.GetArrayViewFromImage(volumes.suv)
@@ -136,7 +143,12 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
         return _measure(lab, sl, core, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named,
                         stations, value_to_station, pet_max, diaphragm, ctx, ct_img)
 
-    cands = [measure(*r) for r in regions]
+    cands = []
+    step = max(len(regions) // 4, 25)
+    for k, r in enumerate(regions, start=1):
+        cands.append(measure(*r))
+        if k % step == 0 and k < len(regions):
+            say(f"read {k} of {len(regions)} foci")
     for c in cands:
         c.component = (component_of or {}).get(c.label, -c.label)
     primary, how = classify.choose_primary(cands, settings.lesions.primary_choice)

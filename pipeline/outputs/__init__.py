@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.outputs.common import lesion_segments, source_ct, source_pet
@@ -37,8 +38,10 @@ __all__ = [
 ]
 
 
-def write_outputs(result: StudyResult, out_dir: str | Path, settings: OutputSettings | None = None) -> dict[str, Path]:
+def write_outputs(result: StudyResult, out_dir: str | Path, settings: OutputSettings | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Write every output of one study under `out_dir`; return (and store in result.outputs) their paths."""
+    say = progress or (lambda _line: None)
     settings = settings or OutputSettings()
     out_dir = Path(out_dir)
     dicom_dir = out_dir / "dicom"
@@ -53,9 +56,11 @@ def write_outputs(result: StudyResult, out_dir: str | Path, settings: OutputSett
         seg = build_lesion_seg(result, ct, settings)
         paths["seg"] = dicom_dir / "seg.dcm"
         seg.save_as(paths["seg"])
+        say("SEG written")
     else:  # a SEG needs a segment; the SR and the summary still say what was (not) found
         result.warnings.append("no primary tumour and no avid or enlarged node: no lesion SEG written")
     paths["sr"] = write_sr(result, seg, settings, dicom_dir / "sr.dcm", source_ct=ct, source_pet=pet)
+    say("SR written")
     paths["summary"], paths["summary_png"] = write_summary(
         result, dicom_dir / "summary.dcm", out_dir / "summary.png", settings, source_ct=ct)
     if settings.station_seg:
