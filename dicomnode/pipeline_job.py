@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ REASON_PREFIX = "nodestage-reason: "
 EXIT_UNPROCESSABLE = 2
 EXIT_UNAVAILABLE = 3
 LOG_LEVEL_ENV = "NODESTAGE_JOB_LOG_LEVEL"
+PARENT_PID_ENV = "NODESTAGE_PARENT_PID"  # the node's pid: the child arms its own parent-death signal
 
 
 def _reason(message: str) -> None:
@@ -41,7 +43,26 @@ def load_settings(path: Path):
     return load_pipeline_settings(path)
 
 
+def die_with_parent() -> None:
+    """Get SIGKILL when the node dies (Linux PR_SET_PDEATHSIG), armed here in the child itself.
+
+    The node used to arm it through Popen's preexec_fn, which Python warns can deadlock in a
+    threaded parent. If the node died before this line, the child was re-parented: it exits."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the node's start-up orphan check still applies
+        return
+    if os.getppid() != int(parent):
+        os._exit(EXIT_UNAVAILABLE)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3:
         _reason("usage: python -m dicomnode.pipeline_job STUDY_DIR OUT_DIR SETTINGS")

@@ -11,8 +11,11 @@ For a job the worker
 4. on a refusal, crash or timeout marks it FAILED with a one-line reason; other
    studies go on.
 
-A job stopped by a node shutdown goes back to the queue; jobs found RUNNING at
-start-up (a crash) are re-queued by `StudyTracker.requeue_interrupted`.
+A job stopped by a node shutdown goes back to the queue; a pipeline killed by a signal
+from outside (the OOM killer, an operator) is retried up to ``worker.max_restarts``
+times; jobs found RUNNING at start-up (a crash) are re-queued by
+`StudyTracker.requeue_interrupted`. Where the pipeline process runs is the
+`Executor`'s business (`dicomnode.executor`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Callable
 
 from dicomnode import pipeline_job
 from dicomnode.config import NodeConfig
+from dicomnode.executor import Executor, LocalSubprocessExecutor, PipelineRun
 from dicomnode.scu import Outbox, append_ledger, ledger_failure_row, ledger_row
 from dicomnode.storage import Storage, safe_name
 from dicomnode.studies import DONE, FAILED, Job, StudyTracker
@@ -76,7 +78,8 @@ class Worker:
     """Threads that take jobs from the queue and run them."""
 
     def __init__(self, config: NodeConfig, storage: Storage, tracker: StudyTracker, outbox: Outbox,
-                 clock: Callable[[], float] = time.time, on_outputs_queued: Callable[[], None] | None = None):
+                 clock: Callable[[], float] = time.time, on_outputs_queued: Callable[[], None] | None = None,
+                 executor: Executor | None = None):
         self.on_outputs_queued = on_outputs_queued
         self.config = config
         self.storage = storage
@@ -86,8 +89,7 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._procs: dict[int, subprocess.Popen] = {}
-        self._lock = threading.Lock()
+        self.executor: Executor = executor or LocalSubprocessExecutor()
 
     def start(self) -> None:
         for i in range(self.config.worker.concurrency):
@@ -106,10 +108,7 @@ class Worker:
         """Stop taking jobs; kill running pipeline processes (their jobs go back to the queue)."""
         self._stopping.set()
         self._wake.set()
-        with self._lock:
-            procs = list(self._procs.values())
-        for proc in procs:
-            _kill_group(proc)
+        self.executor.cancel_all()
         for t in self._threads:
             t.join(timeout=timeout)
         self._threads = []
@@ -165,42 +164,34 @@ class Worker:
         settings_path = work / "pipeline-settings.json"
         settings_path.write_text(self.config.pipeline.model_dump_json())
         log_path = out_dir / "pipeline.log"
-        python = str(self.config.worker.python or sys.executable)
-        cmd = [python, "-m", "dicomnode.pipeline_job", str(study_dir), str(out_dir), str(settings_path)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   **{pipeline_job.LOG_LEVEL_ENV: "DEBUG" if self.config.logging.level == "DEBUG" else "INFO"})
-        root = Path(__file__).resolve().parents[1]
-        env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         logger.info("study #%d v%d: RUNNING (job %d, attempt %d, %d instances)", job.study_id, job.version, job.id,
                     job.attempts, n)
         timeout = self.config.worker.timeout_seconds
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True, cwd=work, preexec_fn=_die_with_parent)
-            with self._lock:
-                self._procs[job.id] = proc
-            self.tracker.set_job_pid(job, proc.pid)
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc)
-                proc.wait()
-            finally:
-                with self._lock:
-                    self._procs.pop(job.id, None)
+        run = PipelineRun(job.id, study_dir, out_dir, settings_path, log_path, timeout,
+                          "DEBUG" if self.config.logging.level == "DEBUG" else "INFO",
+                          str(self.config.worker.python) if self.config.worker.python else None)
+        outcome = self.executor.execute(run, on_started=lambda pid: self.tracker.set_job_pid(job, pid))
         elapsed = time.monotonic() - start
         self.storage.bump("job_seconds_total", elapsed)
         shutil.rmtree(work, ignore_errors=True)  # the snapshot goes before any state says the job ended
-        if self._stopping.is_set() and not timed_out and proc.returncode != 0:
+        if self._stopping.is_set() and not outcome.timed_out and outcome.returncode != 0:
             self.tracker.requeue(job, "node stopped while the job ran")
             logger.info("study #%d v%d: job stopped by shutdown; re-queued", job.study_id, job.version)
             return "QUEUED"
-        if timed_out:
+        if outcome.timed_out:
             return self._fail(job, f"timeout: the pipeline ran longer than {timeout:g} s", out_dir)
-        if proc.returncode != 0:
-            return self._fail(job, _tail_reason(log_path, proc.returncode), out_dir)
+        if outcome.killed_by:  # killed from outside (OOM killer, an operator): worth another try
+            max_restarts = self.config.worker.max_restarts
+            if job.attempts <= max_restarts:
+                self.tracker.requeue(job, f"killed by {outcome.killed_by} on attempt {job.attempts}; retried")
+                logger.warning("study #%d v%d: the pipeline was killed by %s (attempt %d of %d); re-queued",
+                               job.study_id, job.version, outcome.killed_by, job.attempts, max_restarts + 1)
+                self.wake()
+                return "QUEUED"
+            return self._fail(job, f"killed by {outcome.killed_by} on attempt {job.attempts}; not retried "
+                                   f"(worker.max_restarts is {max_restarts})", out_dir)
+        if outcome.returncode != 0:
+            return self._fail(job, _tail_reason(log_path, outcome.returncode), out_dir)
         return self._succeed(job, out_dir, elapsed)
 
     def _fail(self, job: Job, reason: str, out_dir: Path) -> str:
@@ -250,20 +241,3 @@ class Worker:
             else:
                 self.outbox.process_due()
         return DONE
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the node dies (Linux), so a crashed node leaves no pipeline behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

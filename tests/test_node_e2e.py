@@ -18,10 +18,9 @@ import pytest
 from dicomnode.scu import read_ledger
 from dicomnode.studies import DONE
 from tests.peers import free_port, start_orthanc, stop_orthanc, storescu as storescu_to
-from tests.test_node_fixtures import make_config, run_study_available, running_node, study_row, wait_for
+from tests.test_node_fixtures import make_config, running_node, study_row, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.network,
-              pytest.mark.skipif(not run_study_available(), reason="pipeline.run.run_study not importable yet")]
+pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 FAST = {"studies": {"stability_seconds": 3, "guard_seconds": 0.5, "scan_interval_seconds": 0.3},

@@ -172,9 +172,3 @@ def small_study(tmp_path_factory):
     return phantom.generate(tmp_path_factory.mktemp("node-phantom") / "n2b", "n2b_right_4r_7", "small", 0)
 
 
-def run_study_available() -> bool:
-    try:
-        from pipeline.run import run_study  # noqa: F401
-    except Exception:
-        return False
-    return True

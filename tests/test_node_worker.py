@@ -11,15 +11,13 @@ import pytest
 from dicomnode.scu import read_ledger
 from dicomnode.studies import DONE, FAILED, READY
 from tests.peers import free_port
-from tests.test_node_fixtures import (make_config, run_study_available, running_node, serve_process,  # noqa: F401
+from tests.test_node_fixtures import (make_config, running_node, serve_process,  # noqa: F401
                                       small_study, storescu, study_row, wait_for, write_config)
 
 pytestmark = pytest.mark.network
 
 FAST = {"studies": {"stability_seconds": 1.0, "guard_seconds": 0.2, "scan_interval_seconds": 0.2},
         "worker": {"concurrency": 1}}
-needs_run_study = pytest.mark.skipif(not run_study_available(),
-                                     reason="pipeline.run.run_study not importable yet (issue 7 contract)")
 
 
 def _with(extra: dict) -> dict:
@@ -50,7 +48,6 @@ def test_a_job_running_past_its_timeout_is_killed_and_failed(tmp_path, small_stu
             f"/proc/{job['pid']}/cmdline", "rb").read()
 
 
-@needs_run_study
 def test_an_unprocessable_study_fails_with_the_reason_and_others_go_on(tmp_path, small_study):
     """A CT-only study forced to run fails with the pipeline's one-line reason; the next study still runs."""
     from pipeline import phantom
@@ -218,3 +215,22 @@ def test_serve_refuses_a_busy_port_or_a_second_node_with_one_line(tmp_path):
     with running_node(cfg):
         with pytest.raises(ConfigError, match=r"storage\.database: another node is running"):
             serve(tmp_path / "b" / "config.yaml")
+
+
+@pytest.mark.parametrize("max_restarts", [1, 0])
+def test_a_pipeline_killed_by_a_signal_is_retried_then_failed(tmp_path, small_study, max_restarts):
+    """The OOM killer or an operator kills the pipeline: retried up to worker.max_restarts, then FAILED."""
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    cfg = make_config(tmp_path, _with({"worker": {"max_restarts": max_restarts}}))
+    with running_node(cfg) as node:
+        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
+        wait_for(lambda: (r := study_row(node, uid)) and r["state"] == "RUNNING", 30, interval=0.02, what="RUNNING")
+        pid = wait_for(lambda: _job(node, study_row(node, uid)["id"])["pid"], 10, interval=0.02, what="pid")
+        os.kill(pid, signal.SIGKILL)
+        row = wait_for(lambda: (r := study_row(node, uid)) and r["state"] in (DONE, FAILED) and r, 180,
+                       what="the study to end")
+        job = _job(node, row["id"])
+    if max_restarts:
+        assert row["state"] == DONE and job["attempts"] == 2
+    else:
+        assert row["state"] == FAILED and "killed by SIGKILL on attempt 1; not retried" in row["reason"]
