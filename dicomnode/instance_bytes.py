@@ -21,6 +21,7 @@ from pydicom.filereader import read_dataset
 
 from dicomnode.storage import InstanceHeader
 from dicomnode.studies import is_kept
+from dicomnode.ul_dimse import is_valid_uid
 
 # Under the same UID root as the phantom's implementation UID (pipeline/phantom_dicom.py)
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1496.2"
@@ -112,6 +113,8 @@ def parse_header(meta: bytes, data: bytes | memoryview, transfer_syntax: str | N
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not _text(ds, keyword):
                 raise UndecodableError(f"missing {keyword}")
+            if not is_valid_uid(_text(ds, keyword)):  # before any spool path is made from it
+                raise UndecodableError(f"{keyword} is not a valid UID")
         header = InstanceHeader(
             sop_uid=_text(ds, "SOPInstanceUID"),
             sop_class=_text(ds, "SOPClassUID"),

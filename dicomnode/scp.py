@@ -101,7 +101,9 @@ class StoreSCP:
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
                 allowed_calling_aets=None if sec.allow_any_calling_aet else frozenset(sec.allowed_calling_aets),
                 require_called_aet=n.require_called_aet, max_associations=n.max_associations, max_pdu=n.max_pdu,
-                acse_timeout_s=n.acse_timeout_s, network_timeout_s=n.network_timeout_s, tcp_nodelay=n.tcp_nodelay)
+                acse_timeout_s=n.acse_timeout_s, network_timeout_s=n.network_timeout_s, tcp_nodelay=n.tcp_nodelay,
+                pdu_timeout_s=n.pdu_timeout_s, dimse_timeout_s=n.dimse_timeout_s, max_negotiating=n.max_negotiating,
+                max_dataset_bytes=int(n.max_dataset_mb * 2**20))
             self.server = AssociationServer((n.host, n.port), settings, self, self.ssl_context, self.networks)
             self.server.start()
         logger.info("listening as %s on %s:%d (%s engine%s)", n.ae_title, n.host, self.port, n.engine,

@@ -120,11 +120,13 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)
 """
 
 _SAFE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
+_HASHED = re.compile(r"^h[0-9a-f]{40}$")  # what safe_name makes of an unsafe value
 
 
 def safe_name(value: str) -> str:
-    """`value` if it is safe as one path component, else a stable hash of it."""
-    if _SAFE.match(value) and ".." not in value:
+    """`value` if it is safe as one path component, else a stable hash of it. A value that looks
+    like such a hash is hashed too, so it cannot share a folder with the value it is the hash of."""
+    if _SAFE.match(value) and ".." not in value and not _HASHED.match(value):
         return value
     return "h" + hashlib.sha1(value.encode("utf-8", "surrogateescape")).hexdigest()
 

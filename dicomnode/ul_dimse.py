@@ -9,6 +9,7 @@ the group length first, as PS3.7 requires.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -29,7 +30,17 @@ _STATUS = 0x00000900
 _AFFECTED_SOP_INSTANCE = 0x00001000
 _MOVE_ORIGINATOR_AE = 0x00001030
 _REQUESTED_SOP_CLASS = 0x00000003  # N-services name the class here
+# PS3.5 §9.1: digits and dots, no empty component, at most 64 characters. Leading zeros in a
+# component are tolerated (older modalities write them); anything else is not a UID and never
+# becomes part of a path or a response.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID_LENGTH = 64
 _US = {_COMMAND_FIELD, _MESSAGE_ID, _MESSAGE_ID_RESPONDED, _PRIORITY, _DATASET_TYPE, _STATUS}
+
+
+def is_valid_uid(value: str) -> bool:
+    """Whether `value` (padding already stripped) is a UID by PS3.5's character set and length."""
+    return len(value) <= MAX_UID_LENGTH and _UID.match(value) is not None
 
 
 class CommandError(ValueError):
@@ -82,9 +93,11 @@ def _element(tag: int, value: bytes | int) -> bytes:
 
 
 def encode_response(request: Command, status: int) -> bytes:
-    """The response to `request` (its command field with the response bit) carrying `status`."""
+    """The response to `request` (its command field with the response bit) carrying `status`.
+
+    An affected UID that is not a UID is left out rather than echoed back."""
     elements = []
-    if request.affected_sop_class:
+    if is_valid_uid(request.affected_sop_class):
         elements.append(_element(_AFFECTED_SOP_CLASS, request.affected_sop_class.encode()))
     elements += [
         _element(_COMMAND_FIELD, request.command_field | 0x8000),
@@ -92,7 +105,7 @@ def encode_response(request: Command, status: int) -> bytes:
         _element(_DATASET_TYPE, NO_DATASET),
         _element(_STATUS, status),
     ]
-    if request.affected_sop_instance:
+    if is_valid_uid(request.affected_sop_instance):
         elements.append(_element(_AFFECTED_SOP_INSTANCE, request.affected_sop_instance.encode()))
     body = b"".join(elements)
     return _element(0x00000000, struct.pack("<I", len(body))) + body

@@ -7,7 +7,9 @@ negotiation, user identity) are parsed past and not answered, which PS3.7 §D.3.
 allows: the requestor then falls back to the defaults.
 
 Every length is checked; a malformed PDU raises `PDUError`, after which the
-acceptor sends an A-ABORT (source 2, reason 2: unrecognised/unexpected PDU).
+acceptor sends an A-ABORT (source 2) with the error's reason: 2 (unexpected PDU)
+by default, 6 (invalid PDU parameter value) for a presentation context ID that
+PS3.8 §9.3.2.2 forbids (even, zero, or proposed twice).
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED = 2
 # A-ABORT (PS3.8 §9.3.8): source 0 = service user, 2 = service provider
 ABORT_SOURCE_USER, ABORT_SOURCE_PROVIDER = 0, 2
 ABORT_UNEXPECTED_PDU = 2
-ABORT_UNRECOGNIZED_PDU_PARAMETER = 6
+ABORT_INVALID_PDU_PARAMETER_VALUE = 6
 
 
 class PDUError(ValueError):
-    """A PDU that does not follow PS3.8."""
+    """A PDU that does not follow PS3.8; `reason` is the A-ABORT reason to answer with."""
+
+    def __init__(self, message: str, reason: int = ABORT_UNEXPECTED_PDU):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,9 @@ def _uid(raw: bytes | memoryview) -> str:
 
 
 def _ae(raw: bytes | memoryview) -> str:
-    return bytes(raw).decode("ascii", "replace").strip()
+    """Only spaces (and the NULs some peers pad with) are trimmed: a control byte stays, so the
+    acceptor can refuse the title instead of a strip() hiding it."""
+    return bytes(raw).decode("ascii", "replace").strip(" \x00")
 
 
 def _items(body: memoryview):
@@ -130,7 +138,21 @@ def decode_associate_rq(body: memoryview) -> AssociateRQ:
                 elif sub_type == 0x55:
                     rq.implementation_version_name = _ae(sub)
         # other item types are reserved: PS3.8 says to ignore them
+    _check_context_ids(rq.contexts)
     return rq
+
+
+def _check_context_ids(contexts: list[ProposedContext]) -> None:
+    """PS3.8 §9.3.2.2: each ID odd, 1-255, and unique within the request (so at most 128 contexts)."""
+    seen: set[int] = set()
+    for cx in contexts:
+        if not cx.context_id & 1:  # covers 0
+            raise PDUError(f"presentation context ID {cx.context_id} is not odd",
+                           ABORT_INVALID_PDU_PARAMETER_VALUE)
+        if cx.context_id in seen:
+            raise PDUError(f"presentation context ID {cx.context_id} proposed twice",
+                           ABORT_INVALID_PDU_PARAMETER_VALUE)
+        seen.add(cx.context_id)
 
 
 def _decode_proposed_context(value: memoryview) -> ProposedContext:
