@@ -232,13 +232,16 @@ class PhantomStudy:
     truth: dict
 
 
-def generate(out_dir: str | Path, case: str, size: Size = "small", seed: int = 0) -> PhantomStudy:
-    """Write one complete phantom study into `out_dir` and return its ground truth."""
+def generate(out_dir: str | Path, case: str, size: Size = "small", seed: int = 0,
+             variant: Case | None = None) -> PhantomStudy:
+    """Write one complete phantom study into `out_dir` and return its ground truth.
+
+    `variant`: a modified copy of CASES[case] (dataclasses.replace), e.g. a synthetic cohort's study."""
     if case not in CASES:
         raise ValueError(f"unknown phantom case {case!r}; known: {', '.join(CASES)}")
     if size not in SIZES:
         raise ValueError(f"unknown phantom size {size!r}; use small or full")
-    spec, c = SIZES[size], CASES[case]
+    spec, c = SIZES[size], variant or CASES[case]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, list(CASES).index(case)])

@@ -9,6 +9,7 @@ the case name and seed, so the same seed gives the same study.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -91,7 +92,8 @@ def _common(meta: StudyMeta, modality: str, series_uid: str, series_number: int,
     ds.StudyTime = _tm(meta.study_datetime)
     ds.ReferringPhysicianName = ""
     ds.StudyID = "1"
-    ds.AccessionNumber = f"PH{abs(hash(meta.uids.study)) % 10**8:08d}"[:16]
+    digest = int(hashlib.sha256(meta.uids.study.encode()).hexdigest(), 16)  # not hash(): salted per process
+    ds.AccessionNumber = f"PH{digest % 10**8:08d}"
     ds.StudyDescription = "PET/CT lung cancer staging (synthetic phantom)"
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid

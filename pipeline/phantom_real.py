@@ -270,13 +270,15 @@ class RealPhantomStudy:
 
 
 def generate(out_dir: str | Path, case: str, anatomy_dir: str | Path, size: Size = "full",
-             seed: int = 0) -> RealPhantomStudy:
-    """Write one real-anatomy study into `out_dir` and return its ground truth."""
+             seed: int = 0, variant: RealCase | None = None) -> RealPhantomStudy:
+    """Write one real-anatomy study into `out_dir` and return its ground truth.
+
+    `variant`: a modified copy of REAL_CASES[case] (dataclasses.replace), e.g. a synthetic cohort's study."""
     if case not in REAL_CASES:
         raise ValueError(f"unknown real-anatomy case {case!r}; known: {', '.join(REAL_CASES)}")
     if size not in ("small", "full"):
         raise ValueError(f"unknown size {size!r}; use small or full")
-    c = REAL_CASES[case]
+    c = variant or REAL_CASES[case]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, list(REAL_CASES).index(case)])

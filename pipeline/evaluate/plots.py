@@ -61,6 +61,8 @@ def agreement_png(path: Path, rows: list[dict]) -> Path:
                for r in rows]
         high = [r[f"{key}_high"] - r[key] if r[key] is not None and r[f"{key}_high"] is not None else 0.0
                 for r in rows]
+        # a percentile bootstrap interval need not contain the point estimate (small, skewed samples)
+        low, high = [max(v, 0.0) for v in low], [max(v, 0.0) for v in high]
         ax.bar(x + offset, values, width, color=colour, label=name, yerr=[low, high], capsize=4)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, [r["label"] for r in rows], fontsize=8)
