@@ -25,7 +25,7 @@ from typing import Any
 from dicomnode.config import ConfigError, NodeConfig, load_config
 from dicomnode.logs import formatter, quiet_libraries
 from dicomnode.runtime import read_runtime
-from dicomnode.storage import connect, rows_to_dicts
+from dicomnode.storage import connect
 from dicomnode.studies import FINISHED, STATES
 
 logger = logging.getLogger(__name__)
@@ -201,39 +201,3 @@ def demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", out_
     from dicomnode.demo import run_demo
 
     return run_demo(study_dir, case, out_dir, progress or (lambda line: None))
-
-
-def studies(config_path: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every study in the index with its state (for scripts and tests)."""
-    config = load_config(config_path)
-    conn = connect(config.storage.database, readonly=True)
-    try:
-        return rows_to_dicts(conn.execute("SELECT * FROM studies ORDER BY id").fetchall())
-    finally:
-        conn.close()
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """Internal entry for tests and until cli.py wires these: serve CONFIG | status CONFIG | echo TARGET."""
-    import json
-
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        if len(args) == 2 and args[0] == "serve":
-            return serve(args[1])
-        if len(args) == 2 and args[0] == "status":
-            sys.stdout.write(json.dumps(status(args[1]), indent=2) + "\n")
-            return 0
-        if len(args) == 2 and args[0] == "echo":
-            result = echo(args[1])
-            sys.stdout.write(json.dumps(result) + "\n")
-            return 0 if result["ok"] else 1
-    except (ConfigError, ValueError) as err:
-        sys.stderr.write(f"nodestage: {err}\n")
-        return 2
-    sys.stderr.write("usage: python -m dicomnode.commands serve CONFIG | status CONFIG | echo AE@HOST:PORT\n")
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

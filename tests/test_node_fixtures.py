@@ -160,7 +160,7 @@ def serve_process(config_path: Path, log_path: Path) -> subprocess.Popen:
     """`serve` in a separate process (for SIGTERM and kill -9 tests)."""
     log = open(log_path, "ab")
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.Popen([sys.executable, "-m", "dicomnode.commands", "serve", str(config_path)], stdout=log,
+    return subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config_path)], stdout=log,
                             stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env)
 
 
