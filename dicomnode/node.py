@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -33,6 +34,8 @@ from dicomnode.worker import Worker
 
 logger = logging.getLogger(__name__)
 
+NODE_UMASK = 0o027  # files 0640, folders 0750: no access for other users, no group writes
+
 
 class Node:
     def __init__(self, config: NodeConfig):
@@ -43,6 +46,7 @@ class Node:
         self.worker: Worker | None = None
         self.metrics: ThreadingHTTPServer | None = None
         self.started = False
+        self._umask_before: int | None = None
 
     @property
     def port(self) -> int:
@@ -61,6 +65,9 @@ class Node:
         # pydicom's reading validation would log offending values (possibly PHI) at WARNING
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         quiet_libraries(cfg.logging.level)  # INFO carries no PHI and no UIDs, whoever configured logging
+        # Patient data: files 0640 and folders 0750 whatever umask the node inherited (the pipeline
+        # child inherits it too); the previous umask comes back at stop.
+        self._umask_before = os.umask(NODE_UMASK)
         for folder in (cfg.storage.spool_dir, cfg.storage.archive_dir, cfg.storage.work_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.storage = Storage(cfg.storage.database, cfg.storage.spool_dir, fsync=cfg.storage.fsync)
@@ -116,6 +123,9 @@ class Node:
             self.storage.close()
             self.storage = None
             remove_runtime(self.config.storage.database)
+        if self._umask_before is not None:
+            os.umask(self._umask_before)
+            self._umask_before = None
         if self.started:
             logger.info("node stopped")
         self.started = False

@@ -151,3 +151,27 @@ def test_status_needs_no_allow_list(tmp_path):
     finally:
         os.chdir(cwd)
     assert report["node"]["running"] is False and "no index" in report["error"]
+
+
+def test_everything_the_node_writes_is_0640_or_0750_whatever_the_umask(tmp_path, small_study):
+    """Issue 13: patient data must not be world-readable because the service started with umask 0."""
+    import os
+    import stat
+
+    cfg = make_config(tmp_path, {"worker": {"concurrency": 1},
+                                 "studies": {"stability_seconds": 1.0, "guard_seconds": 0.2,
+                                             "scan_interval_seconds": 0.2}})
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    before = os.umask(0)
+    try:
+        with running_node(cfg) as node:
+            assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
+            wait_for(lambda: (r := study_row(node, uid)) and r["state"] in ("DONE", "FAILED") and r, 120,
+                     what="the study to finish")
+    finally:
+        os.umask(before)
+    written = [p for p in (tmp_path / "var").rglob("*")]
+    assert len(written) > 100 and any(p.name == "result.json" for p in written)
+    for p in written:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o027 == 0, f"{p.relative_to(tmp_path)}: {oct(mode)}"
