@@ -10,7 +10,6 @@ the PACS, and stops everything. `progress` receives one human line per step.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import urllib.error
@@ -22,6 +21,7 @@ import pydicom
 
 from dicomnode.config import NodeConfig
 from dicomnode.orthanc import ORTHANC_BIN, Orthanc, OrthancError, free_port, start_orthanc
+from pipeline.job_result import JobResult
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 OUTPUT_CLASSES = {SEG: "SEG", SR: "SR", SC: "SC"}
@@ -186,9 +186,9 @@ def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", 
         job = node.storage.query_one("SELECT * FROM jobs WHERE study_id = ? AND state = 'DONE' ORDER BY id DESC",
                                      (row["id"],))
         out_dir_v = Path(job["out_dir"])
-        staged = json.loads((out_dir_v / "result.json").read_text())
-        result.update({"output_dir": str(out_dir_v), "n_tnm8": staged.get("n_tnm8"), "n_tnm9": staged.get("n_tnm9"),
-                       "involved_stations": staged.get("involved_stations")})
+        staged = JobResult.read(out_dir_v / "result.json")
+        result.update({"output_dir": str(out_dir_v), "n_tnm8": staged.n_tnm8, "n_tnm9": staged.n_tnm9,
+                       "involved_stations": staged.involved_stations})
         progress("waiting for SEG, SR and SC in the PACS ...")
         arrived: set[str] = set()
         deadline = time.monotonic() + 300

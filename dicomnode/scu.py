@@ -38,6 +38,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.config import Destination, NodeConfig, SendSettings
 from dicomnode.storage import Storage
+from pipeline.job_result import JobResult
 
 logger = logging.getLogger(__name__)
 
@@ -202,30 +203,30 @@ def send_files(files: list[Path], ae_title: str, host: str, port: int, calling_a
 _ledger_lock = threading.Lock()
 
 
-def ledger_row(result: dict[str, Any], version: int, result_path: Path, recorded_at: float | None = None
-               ) -> dict[str, str]:
-    """One ledger row from a result.json dict (StudyResult.to_dict())."""
-    backends = result.get("backends") or {}
+def ledger_row(result: JobResult | dict[str, Any], version: int, result_path: Path,
+               recorded_at: float | None = None) -> dict[str, str]:
+    """One ledger row from a typed JobResult (a result.json dict is validated into one first)."""
+    if not isinstance(result, JobResult):
+        result = JobResult.model_validate(result)
     return {
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(recorded_at or time.time())),
-        "study_instance_uid": str(result.get("study_instance_uid", "")),
-        "accession_number": str(result.get("accession_number", "")),
+        "study_instance_uid": result.study_instance_uid,
+        "accession_number": result.accession_number,
         "version": str(version),
-        "n_tnm8": str(result.get("n_tnm8", "")),
-        "n_tnm9": str(result.get("n_tnm9", "")),
-        "involved_stations": ";".join(result.get("involved_stations") or []),
-        "primary_side": str(result.get("primary_side") or ""),
-        "backends": json.dumps({k: (v.get("name", k) + " " + str(v.get("version", ""))).strip()
-                                if isinstance(v, dict) else str(v) for k, v in backends.items()},
+        "n_tnm8": result.n_tnm8 or "",
+        "n_tnm9": result.n_tnm9 or "",
+        "involved_stations": ";".join(result.involved_stations),
+        "primary_side": result.primary_side or "",
+        "backends": json.dumps({k: f"{v.name} {v.version}".strip() for k, v in result.backends.items()},
                                sort_keys=True),
-        "timings_s": json.dumps(result.get("timings_s") or {}, sort_keys=True),
-        "outputs": json.dumps(result.get("outputs") or {}, sort_keys=True),
+        "timings_s": json.dumps(result.timings_s, sort_keys=True),
+        "outputs": json.dumps(result.outputs.model_dump(exclude_none=True), sort_keys=True),
         "result_json": str(result_path),
         "status": LEDGER_DONE,
         "failure_reason": "",
-        "equivocal_stations": ";".join(result.get("equivocal_stations") or []),
-        "n_tnm8_if_equivocal_positive": str(result.get("n_tnm8_if_equivocal_positive") or ""),
-        "n_tnm9_if_equivocal_positive": str(result.get("n_tnm9_if_equivocal_positive") or ""),
+        "equivocal_stations": ";".join(result.equivocal_stations),
+        "n_tnm8_if_equivocal_positive": result.n_tnm8_if_equivocal_positive or "",
+        "n_tnm9_if_equivocal_positive": result.n_tnm9_if_equivocal_positive or "",
     }
 
 

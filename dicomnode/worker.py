@@ -36,24 +36,9 @@ from dicomnode.executor import Executor, LocalSubprocessExecutor, PipelineRun
 from dicomnode.scu import Outbox, append_ledger, ledger_failure_row, ledger_row
 from dicomnode.storage import Storage, safe_name
 from dicomnode.studies import DONE, FAILED, Job, StudyTracker
+from pipeline.job_result import JobResult
 
 logger = logging.getLogger(__name__)
-
-DICOM_SUFFIXES = (".dcm",)
-
-
-def output_files(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """The DICOM outputs to send: result['outputs'] entries ending in .dcm, else OUT/dicom/*.dcm."""
-    files: list[Path] = []
-    for value in (result.get("outputs") or {}).values():
-        p = Path(str(value))
-        p = p if p.is_absolute() else out_dir / p
-        if p.suffix.lower() in DICOM_SUFFIXES and p not in files:
-            files.append(p)
-    if not files:
-        files = sorted((out_dir / "dicom").glob("*.dcm"))
-    return files
-
 
 def _tail_reason(log_path: Path, returncode: int) -> str:
     """The one-line reason of a failed job, from the end of its log."""
@@ -206,16 +191,20 @@ class Worker:
     def _succeed(self, job: Job, out_dir: Path, elapsed: float) -> str:
         result_path = out_dir / "result.json"
         try:
-            result = json.loads(result_path.read_text())
-        except (OSError, ValueError) as err:
+            result = JobResult.read(result_path)
+        except OSError as err:
             return self._fail(job, f"the pipeline wrote no readable result.json ({type(err).__name__})", out_dir)
-        files = output_files(result, out_dir)
+        except ValueError as err:  # not JSON, or not the JobResult contract (pydantic names the field)
+            first = err.errors()[0] if hasattr(err, "errors") else None
+            what = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else type(err).__name__
+            return self._fail(job, f"result.json does not hold a JobResult ({what})", out_dir)
+        files = result.outputs.dicom_files()
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             return self._fail(job, f"outputs listed in result.json are missing: {', '.join(missing)}", out_dir)
         summary = {
-            "n_tnm8": result.get("n_tnm8"), "n_tnm9": result.get("n_tnm9"),
-            "involved_stations": result.get("involved_stations"), "seconds": round(elapsed, 2),
+            "n_tnm8": result.n_tnm8, "n_tnm9": result.n_tnm9,
+            "involved_stations": result.involved_stations, "seconds": round(elapsed, 2),
             "outputs": [str(f) for f in files],
         }
         study = self.tracker.study(job.study_id)
@@ -233,7 +222,7 @@ class Worker:
         self.tracker.finish_job(job, DONE, None, out_dir, json.dumps(summary))
         self.storage.bump("jobs_done")
         logger.info("study #%d v%d: DONE in %.1f s: N %s (TNM8) / %s (TNM9), %d outputs", job.study_id,
-                    job.version, elapsed, result.get("n_tnm8"), result.get("n_tnm9"), len(files))
+                    job.version, elapsed, result.n_tnm8, result.n_tnm9, len(files))
         logger.debug("study #%d is StudyInstanceUID=%s; outputs in %s", job.study_id, job.study_uid, out_dir)
         if not superseded and files and self.outbox.targets():
             if self.on_outputs_queued is not None:

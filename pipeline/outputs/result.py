@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.job_result import JobResult
 from pipeline.study_result import StudyResult
 
 
@@ -13,6 +14,8 @@ def write_result_json(result: StudyResult, path: str | Path) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    data = result.to_dict()
+    JobResult.model_validate(data)  # the node's contract: fail here, with the field named, not in the node
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     tmp.replace(out)
     return out
