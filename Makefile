@@ -4,13 +4,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYNETDICOM_APPS := echoscp echoscu findscu getscu movescu qrscp storescp storescu
 
-.PHONY: demo test venv system-packages container-packages image clean
+.PHONY: demo test check venv system-packages container-packages image clean
 
 demo: $(STAMP)
 	$(VENV)/bin/nodestage demo
 
 test: $(STAMP) system-packages container-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the fast tier: tests/unit needs no server, no container and no real data (well under a minute)
+check: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 venv: $(STAMP)
 

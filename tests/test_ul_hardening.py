@@ -23,7 +23,7 @@ import pytest
 from dicomnode import ul_server
 from dicomnode.storage import safe_name
 from tests import ul_peer as peer
-from tests.test_node_fixtures import counts, make_config, running_node, small_study, storescu  # noqa: F401
+from tests.node_fixtures import counts, make_config, running_node, small_study, storescu  # noqa: F401
 
 pytestmark = pytest.mark.network
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.evaluate import evaluate
-from tests.test_evaluate import write_cohort
+from tests.evaluate_cohort import write_cohort
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 WINDOW = (1200, 1600)

@@ -13,7 +13,7 @@ import pytest
 from dicomnode.commands import reprocess, status
 from dicomnode.studies import READY, RECEIVING
 from tests.peers import free_port
-from tests.test_node_fixtures import (make_config, running_node, small_study, storescu, study_row,  # noqa: F401
+from tests.node_fixtures import (make_config, running_node, small_study, storescu, study_row,  # noqa: F401
                                       wait_for, write_config)
 
 pytestmark = pytest.mark.network

@@ -17,8 +17,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelFind, Verification
 
 from dicomnode import ul_pdu as pdu
-from tests.test_node_fixtures import counts, make_config, pynetdicom_store, running_node, small_study, storescu  # noqa: F401
-from tests.test_ul_codec import _command_bytes, _pynetdicom_rq
+from tests.node_fixtures import counts, make_config, pynetdicom_store, running_node, small_study, storescu  # noqa: F401
+from tests.unit.test_ul_codec import _command_bytes, _pynetdicom_rq
 
 pytestmark = pytest.mark.network
 

@@ -14,7 +14,7 @@ from dicomnode.commands import status
 from dicomnode.scu import LEDGER_COLUMNS, Outbox, SendError, append_ledger, ledger_row, read_ledger, send_files
 from dicomnode.studies import DONE
 from tests.peers import free_port, stop_orthanc
-from tests.test_node_fixtures import (make_config, orthanc_instances, running_node, small_study,  # noqa: F401
+from tests.node_fixtures import (make_config, orthanc_instances, running_node, small_study,  # noqa: F401
                                       start_orthanc_on, wait_for, write_config)
 
 pytestmark = pytest.mark.network

@@ -11,7 +11,7 @@ import pytest
 from dicomnode.scu import read_ledger
 from dicomnode.studies import DONE, FAILED, READY
 from tests.peers import free_port
-from tests.test_node_fixtures import (make_config, running_node, serve_process,  # noqa: F401
+from tests.node_fixtures import (make_config, running_node, serve_process,  # noqa: F401
                                       small_study, storescu, study_row, wait_for, write_config)
 
 pytestmark = pytest.mark.network

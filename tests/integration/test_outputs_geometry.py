@@ -21,7 +21,7 @@ from pipeline.outputs import common
 from pipeline.outputs.seg import write_lesion_seg
 from pipeline.study import load_study
 from tests.result_factory import dciodvfy, result_from_phantom
-from tests.test_outputs_dcmqi import _run, _tool, dcmqi_masks_match
+from tests.dcmqi_tools import _run, _tool, dcmqi_masks_match
 
 CASE = "n2b_right_4r_7"
 

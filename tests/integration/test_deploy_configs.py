@@ -17,7 +17,7 @@ import yaml
 
 from dicomnode.config import NodeConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CONFIGS = {"silent": DEPLOY / "config.silent.yaml", "clinical": DEPLOY / "config.clinical.yaml"}
 CONFIG_IN_IMAGE = "/etc/nodestage/config.yaml"

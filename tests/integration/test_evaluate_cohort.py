@@ -25,7 +25,7 @@ from pipeline.evaluate.cohort_cases import (CN_PN_DISAGREEMENT, CN_UNDERSTAGED_S
 from pipeline.evaluate.reference import read_reference
 from pipeline.phantom import CASES
 from pipeline.phantom_real_cases import REAL_CASES
-from tests.test_node_fixtures import make_config, running_node, storescu, wait_for
+from tests.node_fixtures import make_config, running_node, storescu, wait_for
 
 DRAWS = 4000
 # 4000 Bernoulli draws at p = 0.38 have SD 0.0077: 0.03 is about 4 SD

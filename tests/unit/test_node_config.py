@@ -10,7 +10,7 @@ import yaml
 from dicomnode.config import ConfigError, NodeConfig, load_config
 from pipeline.settings import PipelineSettings, load_pipeline_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_config_yaml_is_valid_and_lists_every_key():

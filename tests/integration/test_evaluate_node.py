@@ -7,7 +7,7 @@ import pytest
 from dicomnode.scu import read_ledger
 from dicomnode.studies import FAILED
 from pipeline.evaluate import compute_metrics
-from tests.test_node_fixtures import make_config, running_node, small_study, storescu, study_row, wait_for  # noqa: F401
+from tests.node_fixtures import make_config, running_node, small_study, storescu, study_row, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.network
 

@@ -24,7 +24,7 @@ from pipeline.outputs.summary import render_summary_with_layout, wrap_text, _fon
 from pipeline.settings import OutputSettings
 from pipeline.study_result import LesionKind, NodeStatus
 from tests.result_factory import dciodvfy, result_from_phantom
-from tests.test_outputs_dcmqi import read_tid1500
+from tests.dcmqi_tools import read_tid1500
 
 # Left lower lobe primary with 1R, 8L, 9L and 2L positive: 1R (contralateral, N3) read as equivocal
 # gives "N2 (N3 if 1R is involved)".

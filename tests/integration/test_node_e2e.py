@@ -18,7 +18,7 @@ import pytest
 from dicomnode.scu import read_ledger
 from dicomnode.studies import DONE
 from tests.peers import free_port, start_orthanc, stop_orthanc, storescu as storescu_to
-from tests.test_node_fixtures import make_config, running_node, study_row, wait_for
+from tests.node_fixtures import make_config, running_node, study_row, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

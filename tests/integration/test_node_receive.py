@@ -14,7 +14,7 @@ from dicomnode.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 from dicomnode.storage import safe_name
 from dicomnode.studies import READY, RECEIVING
 from tests.peers import free_port
-from tests.test_node_fixtures import (counts, deep_merge, make_config, pynetdicom_store, running_node,  # noqa: F401
+from tests.node_fixtures import (counts, deep_merge, make_config, pynetdicom_store, running_node,  # noqa: F401
                                       small_study, storescu, study_row)
 
 pytestmark = pytest.mark.network

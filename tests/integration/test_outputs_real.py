@@ -9,7 +9,7 @@ import pytest
 from pipeline.outputs import common, write_outputs
 from pipeline.settings import OutputSettings
 from tests.result_factory import dciodvfy, result_from_real_study
-from tests.test_outputs_dcmqi import dcmqi_masks_match, read_tid1500
+from tests.dcmqi_tools import dcmqi_masks_match, read_tid1500
 
 REAL = "petct/acrin-nsclc-fdg-pet-042"
 PATIENT_STUDY = ("PatientID", "PatientName", "PatientSex", "PatientBirthDate", "StudyInstanceUID", "StudyDate",

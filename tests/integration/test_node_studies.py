@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from dicomnode.scu import read_ledger
 from dicomnode.studies import INCOMPLETE, READY, RECEIVING, StudyTracker
-from tests.test_node_fixtures import (make_config, running_node, small_study, storescu,  # noqa: F401
+from tests.node_fixtures import (make_config, running_node, small_study, storescu,  # noqa: F401
                                       study_row)
 
 pytestmark = pytest.mark.network

@@ -27,7 +27,7 @@ from tests.peers import storescu
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.network]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("NODESTAGE_IMAGE", "localhost/nodestage:latest")
 CONTAINERS_CONF = ROOT / "scripts" / "containers.conf"
 DEPLOY = ROOT / "deploy"

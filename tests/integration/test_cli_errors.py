@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_node_fixtures import make_config, running_node, small_study, write_config  # noqa: F401
+from tests.node_fixtures import make_config, running_node, small_study, write_config  # noqa: F401
 
 EXIT_FAILED, EXIT_UNPROCESSABLE = 1, 2
 
@@ -108,7 +108,7 @@ def test_every_subcommand_and_argument_has_help():
 
 def test_the_venv_hides_no_dcmtk_tool():
     """pynetdicom's bundled storescu/echoscu/... are removed from the venv (Makefile): dcmtk's are meant."""
-    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     apps = next(line for line in makefile.splitlines() if line.startswith("PYNETDICOM_APPS")).split(":=")[1].split()
     assert "storescu" in apps
     bindir = Path(sys.executable).parent
