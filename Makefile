@@ -4,12 +4,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYNETDICOM_APPS := echoscp echoscu findscu getscu movescu qrscp storescp storescu
 
-.PHONY: demo test check venv system-packages container-packages image clean
+.PHONY: demo test check venv system-packages viewer-packages container-packages image clean
 
 demo: $(STAMP)
 	$(VENV)/bin/nodestage demo
 
-test: $(STAMP) system-packages container-packages
+test: $(STAMP) system-packages viewer-packages container-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # the fast tier: tests/unit needs no server, no container and no real data (well under a minute)
@@ -32,6 +32,11 @@ $(STAMP): constraints.txt pyproject.toml
 
 system-packages:
 	bash scripts/ensure-system-packages.sh
+
+# OHIF v3 (npm pack, cached outside the repo), chromium, chromedriver, orthanc-dicomweb, tesseract:
+# the viewer tests and `nodestage demo --viewer` (README "Viewing the results in OHIF")
+viewer-packages: system-packages
+	bash scripts/ensure-viewer.sh
 
 # podman, buildah, mmdebstrap, runc: the container image and its test (README "Container")
 container-packages:

@@ -117,7 +117,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: a PACS (Orthanc) routes a study to the node, which sends its results back."""
     from dicomnode.commands import demo
 
-    result = demo(args.study, args.case, args.out_dir, progress=lambda line: sys.stdout.write(line + "\n"))
+    def progress(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()  # --viewer prints its address and waits: a pipe must see it now
+
+    result = demo(args.study, args.case, args.out_dir, progress=progress, viewer=args.viewer)
     return 0 if result.get("state") == "DONE" else EXIT_FAILED
 
 
@@ -269,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="a study folder to route (default: a generated phantom)")
     p.add_argument("--case", default="n2b_right_4r_7", help="phantom case when --study is not given")
     p.add_argument("--out-dir", help="where the demo keeps its PACS, node and results (default: a temp dir)")
+    p.add_argument("--viewer", action="store_true",
+                   help="keep Orthanc up and serve the study in OHIF until Ctrl-C (make viewer-packages)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="run the DICOM node in the foreground (SIGTERM stops it cleanly)")

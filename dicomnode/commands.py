@@ -194,10 +194,10 @@ def reprocess(config_path: str | Path | None, study: str) -> dict[str, Any]:
 
 
 def demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", out_dir: str | Path | None = None,
-         progress=None) -> dict[str, Any]:
+         progress=None, viewer: bool = False) -> dict[str, Any]:
     """The main job: Orthanc routes a study (a phantom by default) to the node and gets the results back.
 
     `progress(line)` is called with one human line per step (the CLI prints them)."""
     from dicomnode.demo import run_demo
 
-    return run_demo(study_dir, case, out_dir, progress or (lambda line: None))
+    return run_demo(study_dir, case, out_dir, progress or (lambda line: None), viewer=viewer)

@@ -6,11 +6,15 @@ storage SCP stands in for it and the study is sent to the node directly), starts
 the node, uploads the study to Orthanc and has Orthanc route it to the node with
 ``POST /modalities/nodestage/store``, waits until the SEG, SR and SC are back in
 the PACS, and stops everything. `progress` receives one human line per step.
+With `viewer=True` Orthanc runs with DICOMweb and, once the results are back, OHIF
+(dicomnode.viewer) serves the study until Ctrl-C (SIGINT) or SIGTERM.
 """
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,10 +35,10 @@ class DemoError(RuntimeError):
     """A step of the demo failed; the message says which."""
 
 
-def start_pacs(workdir: Path, node_port: int) -> Orthanc:
+def start_pacs(workdir: Path, node_port: int, dicomweb: bool = False) -> Orthanc:
     """Orthanc as the demo's PACS, with the node as its modality `nodestage`."""
     try:
-        return start_orthanc(workdir, {"nodestage": ["NODESTAGE", "127.0.0.1", node_port]})
+        return start_orthanc(workdir, {"nodestage": ["NODESTAGE", "127.0.0.1", node_port]}, dicomweb=dicomweb)
     except OrthancError as err:
         raise DemoError(str(err)) from None
 
@@ -108,9 +112,14 @@ def _send_to_node(files: list[Path], port: int) -> int:
 
 def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", out_dir: str | Path | None = None,
              progress: Callable[[str], None] = lambda line: None, timeout_s: float = 3600,
-             use_orthanc: bool | None = None) -> dict[str, Any]:
-    """Run the whole flow once and return what happened (N stage, stations, where the outputs are)."""
+             use_orthanc: bool | None = None, viewer: bool = False) -> dict[str, Any]:
+    """Run the whole flow once and return what happened (N stage, stations, where the outputs are).
+
+    `viewer`: keep Orthanc up after the run and serve the study in OHIF until interrupted."""
     from dicomnode.node import Node
+
+    if viewer:
+        _check_viewer_tools()
 
     out = Path(out_dir or tempfile.mkdtemp(prefix="nodestage-demo-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -129,10 +138,12 @@ def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", 
     node_port = free_port()
     if use_orthanc is None:
         use_orthanc = Path(ORTHANC_BIN).exists()
+    if viewer and not use_orthanc:
+        raise DemoError("--viewer needs Orthanc (apt-get install orthanc orthanc-dicomweb)")
     pacs: Orthanc | StoragePeer
     if use_orthanc:
         progress("starting Orthanc (the PACS) on loopback ...")
-        pacs = start_pacs(out / "orthanc", node_port)
+        pacs = start_pacs(out / "orthanc", node_port, dicomweb=viewer)
         dest_ae, dest_port = "ORTHANC", pacs.dicom_port
         progress(f"  Orthanc: {pacs.url} (DICOM port {pacs.dicom_port})")
     else:
@@ -203,6 +214,10 @@ def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", 
                      f"{', '.join(truth['expected']['positive_stations']) or 'none'}")
         progress(f"returned to the PACS: {', '.join(result['returned']) or 'nothing'}")
         progress(f"outputs: {out_dir_v}")
+        if viewer and isinstance(pacs, Orthanc):
+            node.stop()
+            node = None
+            _serve_viewer(pacs, study_uid, progress)
         return result
     finally:
         if node is not None:
@@ -226,3 +241,45 @@ def _arrived(pacs: Orthanc | StoragePeer, study_uid: str) -> set[str]:
             if tags.get("SOPClassUID") in OUTPUT_CLASSES:
                 found.add(OUTPUT_CLASSES[tags["SOPClassUID"]])
     return found
+
+
+def _check_viewer_tools() -> None:
+    from dicomnode.orthanc import DICOMWEB_PLUGIN
+    from dicomnode.viewer import INSTALL_HINT, ViewerError, ohif_dist
+
+    try:
+        ohif_dist()
+    except ViewerError as err:
+        raise DemoError(str(err)) from None
+    if not Path(DICOMWEB_PLUGIN).exists():
+        raise DemoError(f"Orthanc's DICOMweb plugin is missing ({DICOMWEB_PLUGIN}): {INSTALL_HINT}")
+
+
+def _seg_series_uid(pacs: Orthanc, study_uid: str) -> str | None:
+    """The lesion SEG's series (OHIF opens it over its CT); any SEG if none is named as ours."""
+    segs = [s["MainDicomTags"] for s in pacs.post("/tools/find", {
+        "Level": "Series", "Expand": True, "Query": {"StudyInstanceUID": study_uid, "Modality": "SEG"}})]
+    segs.sort(key=lambda tags: not tags.get("SeriesDescription", "").startswith("nodestage lesions"))
+    return segs[0]["SeriesInstanceUID"] if segs else None
+
+
+def _serve_viewer(pacs: Orthanc, study_uid: str, progress: Callable[[str], None]) -> None:
+    """Serve OHIF over the PACS until SIGINT (Ctrl-C) or SIGTERM; the caller then stops the PACS."""
+    from dicomnode.viewer import ViewerServer, viewer_url
+
+    server = ViewerServer(pacs.url).start()
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        progress(f"OHIF viewer: {viewer_url(server.url, study_uid, _seg_series_uid(pacs, study_uid))}")
+        progress("  open it in a browser on this machine; Ctrl-C stops the viewer and the PACS")
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
+        progress("stopped the viewer")

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 START_TIMEOUT_S = 30
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 class OrthancError(RuntimeError):
@@ -75,15 +76,18 @@ class Orthanc:
 
 
 def start_orthanc(workdir: Path, modalities: dict[str, list] | None = None, aet: str = "ORTHANC",
-                  dicom_port: int | None = None) -> Orthanc:
-    """Start Orthanc on loopback and wait for its REST API; `modalities` maps names to [AE, host, port]."""
+                  dicom_port: int | None = None, dicomweb: bool = False) -> Orthanc:
+    """Start Orthanc on loopback and wait for its REST API; `modalities` maps names to [AE, host, port].
+
+    `dicomweb` loads the DICOMweb plugin (Debian `orthanc-dicomweb`) that OHIF reads from."""
     dicom_port, http_port = dicom_port or free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "Name": "nodestage-pacs",
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "index"),
-        "Plugins": [],
+        "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/", "EnableWado": dicomweb, "WadoRoot": "/wado"},
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,

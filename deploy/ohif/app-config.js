@@ -3,11 +3,17 @@
 // /wado to http://orthanc:8042), so the browser sees one origin and Orthanc needs no CORS.
 // nodestage's results (SEG, SR, the summary SC) arrive in the same study; open the study and
 // load the SEG series to see the staged nodes.
+// The one OHIF configuration: `nodestage demo --viewer` and the viewer tests serve this file too
+// (dicomnode/viewer.py, same-origin proxy in place of nginx; tests/integration/test_viewer_ohif.py).
 window.config = {
   routerBasename: '/',
+  extensions: [],
+  modes: [],
   showStudyList: true,
   disableConfirmationPrompts: true,
   investigationalUseDialog: { option: 'never' },
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: false,
   maxNumberOfWebWorkers: 3,
   httpErrorHandler: error => {
     console.warn('DICOMweb request failed', error.status);
