@@ -11,7 +11,8 @@ and answer 0x0000. Completeness, processing and sending happen elsewhere
 
 Two receive engines carry the bytes (`node.engine`): the native acceptor
 (`ul_server`, the default, 2.5-3 times pynetdicom's throughput) and pynetdicom
-(`scp_pynetdicom`). Both call the same `store`, `on_echo` and `on_rejected`.
+(`scp_pynetdicom`). Both call the same `on_store` (the bare data set, whatever the
+engine), `on_echo` and `on_rejected`.
 
 Statuses: 0x0000 stored (or accepted and ignored: not CT/PET); 0xA700 out of
 resources (below the free-disk watermark, disk or index error); 0xC210 the data
@@ -29,7 +30,6 @@ import errno
 import ipaddress
 import logging
 import ssl
-import threading
 from typing import Callable
 
 import pydicom
@@ -91,9 +91,7 @@ class StoreSCP:
         """Bind and serve; returns the port (useful when configured as 0)."""
         n, sec = self.config.node, self.config.security
         if n.engine == "pynetdicom":
-            server = scp_pynetdicom.start_server(self)
-            threading.Thread(target=server.serve_forever, name="nodestage-scp", daemon=True).start()
-            self.server = server
+            self.server = scp_pynetdicom.start_server(self)  # serves in pynetdicom's own thread
         else:
             settings = AcceptorSettings(
                 ae_title=n.ae_title, abstract_syntaxes=ABSTRACT_SYNTAXES, transfer_syntaxes=TRANSFER_SYNTAXES,
@@ -135,7 +133,7 @@ class StoreSCP:
 
     def on_store(self, calling_ae: str, sop_class: str, sop_instance: str, transfer_syntax: str,
                  dataset: memoryview) -> int:
-        """Native engine: the bare data set (a view valid until we answer); add the file meta, `store()`."""
+        """Every engine: the bare data set (a view valid until we answer); add the file meta, `store()`."""
         meta = file_meta_bytes(sop_class, sop_instance, transfer_syntax, calling_ae)
         return self.store(lambda: (meta, dataset), calling_ae, transfer_syntax)
 

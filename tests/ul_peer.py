@@ -303,3 +303,97 @@ class Trickler:
         self._thread.join()
         for entry in self.items:
             entry[0].close()
+
+
+# ------------------------------------------------------------ seeded fuzz cases (both engines meet the same)
+
+_ODD_AE_BYTES = b"\n\r\x1b\x00\x7f\xff\\\t "
+_REPLY_TYPES = {A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RP, A_ABORT}
+
+
+def _established(rng, body: bytes) -> bytes:
+    return associate_rq(max_pdu=rng.choice([0, 4096, 16384])) + body
+
+
+def _fuzz_case(rng) -> tuple[str, bytes]:
+    """(kind, bytes to send on one connection): hostile in one way each, from PS3.8's corners."""
+    rq = associate_rq()
+    kind = rng.choice(["random", "truncated-rq", "mutated-rq", "huge-length", "huge-pdv", "zero-pdv",
+                       "wrong-context", "random-command", "promised-dataset", "dataset-first", "mutated-echo",
+                       "data-before-association", "many-contexts", "odd-ae", "control-pdus", "echo"])
+    if kind == "random":
+        return kind, rng.randbytes(rng.randrange(0, 512))
+    if kind == "truncated-rq":
+        return kind, rq[:rng.randrange(0, len(rq))]
+    if kind == "mutated-rq":
+        raw = bytearray(rq)
+        for _ in range(rng.randrange(1, 6)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        return kind, bytes(raw)
+    if kind == "huge-length":
+        head = pdu_header(rng.randrange(0, 9), rng.choice([0xFFFFFFFF, 1 << 31, (1 << 30) + 7, 1 << 20]))
+        return kind, (rq if rng.random() < 0.5 else b"") + head + rng.randbytes(rng.randrange(0, 64))
+    if kind == "huge-pdv":
+        declared = rng.choice([0xFFFFFFF0, 1 << 30, 1 << 24])
+        pdv_head = struct.pack(">IBB", declared, 1, rng.choice([0, 1, 2, 3]))
+        return kind, _established(rng, pdu_header(P_DATA_TF, rng.choice([12, declared + 4])) + pdv_head)
+    if kind == "zero-pdv":
+        length = rng.choice([0, 1, 2])
+        pdv = struct.pack(">IBB", length, 1, rng.choice([0, 1, 2, 3]))[:4 + max(length, 2)]
+        return kind, _established(rng, pdu(P_DATA_TF, pdv))
+    if kind == "wrong-context":
+        cid = rng.choice([0, 2, 5, 7, 255, 254])
+        return kind, _established(rng, p_data(cid, True, True, echo_command()))
+    if kind == "random-command":
+        return kind, _established(rng, p_data(3, True, True, rng.randbytes(rng.randrange(0, 200))))
+    if kind == "promised-dataset":
+        return kind, _established(rng, p_data(1, True, True, store_command("1.2.3.4")))
+    if kind == "dataset-first":
+        return kind, _established(rng, p_data(1, False, True, rng.randbytes(100)))
+    if kind == "mutated-echo":
+        raw = bytearray(echo_command())
+        for _ in range(rng.randrange(1, 4)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        return kind, _established(rng, p_data(3, True, True, bytes(raw)))
+    if kind == "data-before-association":
+        return kind, p_data(1, True, True, echo_command()) + rq
+    if kind == "many-contexts":
+        ids = [rng.randrange(0, 256) for _ in range(200)] if rng.random() < 0.8 else list(range(1, 256, 2))
+        return kind, associate_rq(contexts=[(i, CT, (EXPLICIT_LE,)) for i in ids])
+    if kind == "odd-ae":
+        title = bytes(rng.choice(_ODD_AE_BYTES + b"ABC") for _ in range(16))
+        return kind, associate_rq(calling=title, called=rng.choice([b"NODESTAGE", title]))
+    if kind == "control-pdus":
+        pdu_type = rng.choice([A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP,
+                               A_ABORT, A_RELEASE_RQ, 0x08, 0xFF])
+        return kind, _established(rng, pdu(pdu_type, rng.randbytes(rng.randrange(0, 16))))
+    return kind, _established(rng, p_data(3, True, True, echo_command()) + release_rq())
+
+
+def _exchange(port: int, payload: bytes) -> bytes:
+    """Send `payload`, half-close, and read everything the node answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the node may close first, e.g. after an early A-ABORT
+            pass
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+        return reply
+
+
+def _reply_types(reply: bytes) -> list[int]:
+    """The PDU types in a reply; asserts that it is a whole sequence of PDUs an acceptor may send."""
+    types, pos = [], 0
+    while pos < len(reply):
+        assert pos + 6 <= len(reply), f"truncated PDU header in {reply[:64]!r}"
+        length = struct.unpack(">I", reply[pos + 2:pos + 6])[0]
+        assert reply[pos] in _REPLY_TYPES and pos + 6 + length <= len(reply), reply[pos:pos + 16]
+        types.append(reply[pos])
+        pos += 6 + length
+    return types

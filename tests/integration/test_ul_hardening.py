@@ -23,6 +23,7 @@ import pytest
 from dicomnode import ul_server
 from dicomnode.storage import safe_name
 from tests import ul_peer as peer
+from tests.ul_peer import _exchange, _fuzz_case, _reply_types  # noqa: F401
 from tests.node_fixtures import counts, make_config, running_node, small_study, storescu  # noqa: F401
 
 pytestmark = pytest.mark.network
@@ -404,98 +405,6 @@ FUZZ_SEED = 13
 FUZZ_CASES = 4000
 FUZZ_RSS_BOUND = 96 << 20  # peak over the baseline while fuzzing: buffers of at most 16 associations, not claims
 FUZZ_SETTLE_S = 5.0  # after the fuzz, every association thread has ended within this
-_ODD_AE_BYTES = b"\n\r\x1b\x00\x7f\xff\\\t "
-_REPLY_TYPES = {peer.A_ASSOCIATE_AC, peer.A_ASSOCIATE_RJ, peer.P_DATA_TF, peer.A_RELEASE_RP, peer.A_ABORT}
-
-
-def _established(rng, body: bytes) -> bytes:
-    return peer.associate_rq(max_pdu=rng.choice([0, 4096, 16384])) + body
-
-
-def _fuzz_case(rng) -> tuple[str, bytes]:
-    """(kind, bytes to send on one connection): hostile in one way each, from PS3.8's corners."""
-    rq = peer.associate_rq()
-    kind = rng.choice(["random", "truncated-rq", "mutated-rq", "huge-length", "huge-pdv", "zero-pdv",
-                       "wrong-context", "random-command", "promised-dataset", "dataset-first", "mutated-echo",
-                       "data-before-association", "many-contexts", "odd-ae", "control-pdus", "echo"])
-    if kind == "random":
-        return kind, rng.randbytes(rng.randrange(0, 512))
-    if kind == "truncated-rq":
-        return kind, rq[:rng.randrange(0, len(rq))]
-    if kind == "mutated-rq":
-        raw = bytearray(rq)
-        for _ in range(rng.randrange(1, 6)):
-            raw[rng.randrange(len(raw))] = rng.randrange(256)
-        return kind, bytes(raw)
-    if kind == "huge-length":
-        head = peer.pdu_header(rng.randrange(0, 9), rng.choice([0xFFFFFFFF, 1 << 31, (1 << 30) + 7, 1 << 20]))
-        return kind, (rq if rng.random() < 0.5 else b"") + head + rng.randbytes(rng.randrange(0, 64))
-    if kind == "huge-pdv":
-        declared = rng.choice([0xFFFFFFF0, 1 << 30, 1 << 24])
-        pdv_head = struct.pack(">IBB", declared, 1, rng.choice([0, 1, 2, 3]))
-        return kind, _established(rng, peer.pdu_header(peer.P_DATA_TF, rng.choice([12, declared + 4])) + pdv_head)
-    if kind == "zero-pdv":
-        length = rng.choice([0, 1, 2])
-        pdv = struct.pack(">IBB", length, 1, rng.choice([0, 1, 2, 3]))[:4 + max(length, 2)]
-        return kind, _established(rng, peer.pdu(peer.P_DATA_TF, pdv))
-    if kind == "wrong-context":
-        cid = rng.choice([0, 2, 5, 7, 255, 254])
-        return kind, _established(rng, peer.p_data(cid, True, True, peer.echo_command()))
-    if kind == "random-command":
-        return kind, _established(rng, peer.p_data(3, True, True, rng.randbytes(rng.randrange(0, 200))))
-    if kind == "promised-dataset":
-        return kind, _established(rng, peer.p_data(1, True, True, peer.store_command("1.2.3.4")))
-    if kind == "dataset-first":
-        return kind, _established(rng, peer.p_data(1, False, True, rng.randbytes(100)))
-    if kind == "mutated-echo":
-        raw = bytearray(peer.echo_command())
-        for _ in range(rng.randrange(1, 4)):
-            raw[rng.randrange(len(raw))] = rng.randrange(256)
-        return kind, _established(rng, peer.p_data(3, True, True, bytes(raw)))
-    if kind == "data-before-association":
-        return kind, peer.p_data(1, True, True, peer.echo_command()) + rq
-    if kind == "many-contexts":
-        ids = [rng.randrange(0, 256) for _ in range(200)] if rng.random() < 0.8 else list(range(1, 256, 2))
-        return kind, peer.associate_rq(contexts=[(i, peer.CT, (peer.EXPLICIT_LE,)) for i in ids])
-    if kind == "odd-ae":
-        title = bytes(rng.choice(_ODD_AE_BYTES + b"ABC") for _ in range(16))
-        return kind, peer.associate_rq(calling=title, called=rng.choice([b"NODESTAGE", title]))
-    if kind == "control-pdus":
-        pdu_type = rng.choice([peer.A_ASSOCIATE_RQ, peer.A_ASSOCIATE_AC, peer.A_ASSOCIATE_RJ, peer.A_RELEASE_RP,
-                               peer.A_ABORT, peer.A_RELEASE_RQ, 0x08, 0xFF])
-        return kind, _established(rng, peer.pdu(pdu_type, rng.randbytes(rng.randrange(0, 16))))
-    return kind, _established(rng, peer.p_data(3, True, True, peer.echo_command()) + peer.release_rq())
-
-
-def _exchange(port: int, payload: bytes) -> bytes:
-    """Send `payload`, half-close, and read everything the node answers until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        try:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the node may close first, e.g. after an early A-ABORT
-            pass
-        reply = b""
-        try:
-            while chunk := sock.recv(65536):
-                reply += chunk
-        except ConnectionResetError:
-            pass
-        return reply
-
-
-def _reply_types(reply: bytes) -> list[int]:
-    """The PDU types in a reply; asserts that it is a whole sequence of PDUs an acceptor may send."""
-    types, pos = [], 0
-    while pos < len(reply):
-        assert pos + 6 <= len(reply), f"truncated PDU header in {reply[:64]!r}"
-        length = struct.unpack(">I", reply[pos + 2:pos + 6])[0]
-        assert reply[pos] in _REPLY_TYPES and pos + 6 + length <= len(reply), reply[pos:pos + 16]
-        types.append(reply[pos])
-        pos += 6 + length
-    return types
-
-
 def _dataset_part(raw: bytes) -> bytes:
     """A Part 10 file's data set: after the preamble, the prefix and the group-length-led file meta."""
     assert raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00"
