@@ -34,6 +34,7 @@ from typing import Any, Callable
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.config import Destination, NodeConfig, SendSettings
@@ -99,12 +100,20 @@ def _make_ae(calling_aet: str, settings: SendSettings) -> AE:
 
 def _associate(ae: AE, ae_title: str, host: str, port: int, ssl_context: ssl.SSLContext | None):
     connected: list[bool] = []
+    rejections: list[A_ASSOCIATE_RJ] = []
 
     def on_open(event: Any) -> None:
         connected.append(True)
         _nodelay(event)
 
-    kwargs: dict[str, Any] = {"ae_title": ae_title, "evt_handlers": [(evt.EVT_CONN_OPEN, on_open)]}
+    def on_pdu(event: Any) -> None:
+        # pynetdicom closes the socket on A-ASSOCIATE-RJ in its reactor thread; when that thread
+        # wins the race with associate()'s own check, the rejection is reported as an abort.
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejections.append(event.pdu)
+
+    kwargs: dict[str, Any] = {"ae_title": ae_title,
+                              "evt_handlers": [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_PDU_RECV, on_pdu)]}
     if ssl_context is not None:
         kwargs["tls_args"] = (ssl_context, None)
     assoc = ae.associate(host, port, **kwargs)
@@ -112,6 +121,10 @@ def _associate(ae: AE, ae_title: str, host: str, port: int, ssl_context: ssl.SSL
         return assoc
     if not connected:
         raise SendError(f"cannot connect to {ae_title}@{host}:{port}")
+    if rejections:
+        rj = rejections[0]
+        raise SendError(f"association rejected by {ae_title}@{host}:{port}: {rj.reason_str} "
+                        f"({rj.result_str}, {rj.source_str})")
     if assoc.is_rejected:
         raise SendError(f"association rejected by {ae_title}@{host}:{port}")
     if assoc.is_aborted:

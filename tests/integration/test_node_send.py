@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomnode.commands import status
-from dicomnode.scu import LEDGER_COLUMNS, Outbox, SendError, append_ledger, ledger_row, read_ledger, send_files
+from dicomnode.scu import LEDGER_COLUMNS, Outbox, SendError, append_ledger, echo, ledger_row, read_ledger, send_files
 from dicomnode.studies import DONE
 from tests.peers import free_port, stop_orthanc
 from tests.node_fixtures import (make_config, orthanc_instances, running_node, small_study,  # noqa: F401
@@ -241,3 +241,30 @@ def test_silent_mode_start_up_contacts_no_clinical_destination_and_logs_no_error
         wait_for(lambda: any("not contacted" in r.getMessage() for r in caplog.records), 20, what="the echo line")
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not any("C-ECHO" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rejection_is_reported_as_a_rejection_under_contention(tmp_path):
+    """pynetdicom's reactor closes the socket on A-ASSOCIATE-RJ; when it wins the race with
+    associate()'s own check, pynetdicom says 'aborted'. Busy threads make that race likely."""
+    import threading
+
+    cfg = make_config(tmp_path, {"security": {"allow_any_calling_aet": False}})
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(2000))
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(4)]
+    for t in spinners:
+        t.start()
+    messages = []
+    try:
+        with running_node(cfg) as node:
+            for _ in range(60):  # the old code failed about 3 in 60 here
+                result = echo("NODESTAGE", "127.0.0.1", node.port, "UNKNOWNAE")
+                assert not result.ok
+                messages.append(result.detail)
+    finally:
+        stop.set()
+    assert all("association rejected" in m and "alling AE" in m for m in messages), messages
