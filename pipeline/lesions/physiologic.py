@@ -28,9 +28,11 @@ itself), in the order a reader rules things out:
   ventricular wall the label missed, never the round focus of a node;
 - esophageal: the peak in the esophageal wall or lumen, or uptake running along
   the esophagus — unless the peak is *focal*, at least 1.3 × the esophageal uptake
-  15–30 mm above and below it, with a soft-tissue nodule (≥ 5 mm) outside the
-  esophagus under it (a node on the esophagus keeps its own peak and body; a
-  focal spot in the esophagus itself, e.g. distal esophagitis, stays esophageal);
+  15–30 mm above and below it, with a soft-tissue nodule outside the esophagus
+  under it: ≥ 5 mm when the peak is at the wall, ≥ 8 mm when the peak lies inside
+  the esophagus itself (a node on the esophagus keeps its own peak and body; a
+  focal spot in the esophagus, e.g. distal esophagitis, with only a sliver of
+  tissue beside the wall — which PET cannot tell from the wall — stays esophageal);
 - vascular: the peak inside a labelled great vessel (eroded 2 mm) with most of the
   focus in vessels;
 - brown fat: the peak in fat density (−150 to −50 HU on CT smoothed to PET
@@ -96,6 +98,7 @@ ESOPHAGUS_NEAR_MM = 5.0
 ESOPHAGUS_FOCAL_RATIO = 1.3
 ESOPHAGUS_BACKGROUND_MM = (15.0, 30.0)
 ESOPHAGUS_NODULE_MIN_MM = 5.0  # a focal spot is a node only with a soft-tissue nodule this wide outside the esophagus
+ESOPHAGUS_NODULE_MIN_MM_PEAK_INSIDE = 8.0  # ... this wide when the peak lies inside the esophagus label
 ESOPHAGUS_TAIL_FRACTION = 0.3  # a focus with this share near the esophagus may carry esophageal tails
 ESOPHAGUS_GAS_REACH_MM = 6.0
 ESOPHAGUS_GAS_MIN_VOXELS = 3
@@ -233,10 +236,14 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
                          else "beside gas in the esophageal lumen")
                 bg = "" if background is None else f", not focal (esophagus 15-30 mm away: SUV {background:.1f})"
                 return PhysiologicSite.ESOPHAGEAL, f"esophageal: the peak is {where}{bg}"
-            if soft_tissue_mm < ESOPHAGUS_NODULE_MIN_MM:
-                return PhysiologicSite.ESOPHAGEAL, (f"esophageal: focal uptake in the esophagus (SUV {peak_suv:.1f}, "
+            peak_inside = eso is not None and bool(eso[lp])
+            nodule_min = ESOPHAGUS_NODULE_MIN_MM_PEAK_INSIDE if peak_inside else ESOPHAGUS_NODULE_MIN_MM
+            if soft_tissue_mm < nodule_min:
+                inside = "inside the esophagus " if peak_inside else ""
+                return PhysiologicSite.ESOPHAGEAL, (f"esophageal: focal uptake {inside}(SUV {peak_suv:.1f}, "
                                                     f"{peak_suv / background:.1f}x the esophagus 15-30 mm away) "
-                                                    "with no soft-tissue nodule beside it")
+                                                    f"with no soft-tissue nodule of {nodule_min:g} mm beside it "
+                                                    f"({soft_tissue_mm:.0f} mm)")
             focal_on_esophagus = True
 
     vessels = _local(ctx.mask("vessels"), sl)

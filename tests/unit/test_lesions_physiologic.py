@@ -66,6 +66,23 @@ def test_esophageal_uptake_and_a_focal_node_on_the_esophagus():
     assert _site(ct, focal, {"esophagus": eso}, (40, 60, 56), radius_mm=8, soft_mm=2.0) == PhysiologicSite.ESOPHAGEAL
 
 
+def test_a_focal_spot_inside_the_esophagus_needs_a_real_nodule_beside_it():
+    """The LIDC N3 phantom's distal-esophageal spot: peak inside the esophagus, 6 mm of tissue beside the
+    wall. PET cannot tell 6 mm of tissue from the wall: esophageal. The same 6 mm at the wall is a node."""
+    eso = _esophagus()
+    z, y, x = grid(SHAPE)
+    ct = np.full(SHAPE, FAT, np.float32)
+    ct[eso] = SOFT
+    base = (0.5 + 1.5 * np.exp(-((y - 60) ** 2 + (x - 50) ** 2) / (2 * 5.0 ** 2))).astype(np.float32)
+    inside = np.maximum(base, gaussian(SHAPE, (40, 60, 50), 4.0, 6.0))
+    assert _site(ct, inside, {"esophagus": eso}, (40, 60, 50), radius_mm=8, soft_mm=6.0) == \
+        PhysiologicSite.ESOPHAGEAL
+    assert _site(ct, inside, {"esophagus": eso}, (40, 60, 50), radius_mm=8, soft_mm=9.0) is None
+    at_wall = np.maximum(base, gaussian(SHAPE, (40, 60, 60), 4.0, 6.0))  # peak 2 mm outside the label
+    ct[ball(SHAPE, (40, 60, 62), 3.0)] = SOFT  # the 6 mm node's body against the wall
+    assert _site(ct, at_wall, {"esophagus": eso}, (40, 60, 60), radius_mm=8, soft_mm=6.0) is None
+
+
 def test_esophageal_gas_names_the_lumen_without_a_label():
     ct = _soft_ct()
     ct[ball(SHAPE, (40, 60, 50), 3.0)] = -800.0  # gas in the lumen, no esophagus label
