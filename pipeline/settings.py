@@ -47,6 +47,11 @@ class LesionSettings(_Strict):
                                                 "its own SUV (so noise on a hot plateau does not split it)")
     pet_fwhm_mm: float = Field(default=7.0, gt=0, description="PET resolution: CT is smoothed to it for the "
                                "brown-fat test, and peaks closer than this are one peak")
+    ct_enlarged_nodes: bool = Field(default=False, description="search CT for enlarged nodes that are not "
+                                    "FDG-avid (reported, never counted for N). Off by default: on the real LIDC CT "
+                                    "(11 cases x 2 anatomy backends) it found 3 of 10 true enlarged nodes among "
+                                    "77 findings, the rest unlabelled vessels, thymus and the esophageal wall "
+                                    "(bench/enlarged_ct_search.py, bench/RESULTS.md)")
     primary_choice: Literal["largest_tlg", "highest_suvmax", "largest_volume"] = Field(
         default="largest_tlg", description="how one primary is chosen among several intrapulmonary candidates")
     nnunet: NnUnetLesionSettings = Field(default_factory=NnUnetLesionSettings)

@@ -89,8 +89,13 @@ def detect_lesions(volumes, anatomy: Anatomy, station_map, settings: PipelineSet
         split = cand.SplitRule(ls.peak_min_prominence_suv, ls.peak_min_prominence_fraction, ls.pet_fwhm_mm)
         labels, n, component_of = cand.split_at_peaks(labels, n, suv, sp, split, min_vox)
     rule += f"; at least {ls.min_pet_voxels} PET voxels; split at separate SUV peaks" if ls.split_peaks else ""
-    say(f"{n} foci after splitting at peaks; searching CT for enlarged nodes")
-    enlarged = enlarged_ct_candidates(volumes, anatomy, station_map, labels > 0, pos)
+    enlarged: list[np.ndarray] = []
+    if ls.ct_enlarged_nodes:
+        say(f"{n} foci after splitting at peaks; searching CT for enlarged nodes")
+        enlarged = enlarged_ct_candidates(volumes, anatomy, station_map, labels > 0, pos)
+    else:
+        say(f"{n} foci after splitting at peaks")
+        rule += "; no CT search for enlarged non-avid nodes (lesions.ct_enlarged_nodes)"
     lesions, out_labels = measure_and_name(volumes, anatomy, station_map, labels, n, settings, refs, study_uid,
                                            enlarged, component_of, say)
     if not any(l.kind == LesionKind.PRIMARY for l in lesions):

@@ -80,8 +80,9 @@ def test_real_anatomy_case_is_staged_right(studies, case, backend):
     for f in result.lesions:
         if f.kind == "node" and f.positive:
             assert any(_dist(f.centroid_mm, c) <= MATCH_MM for c in true_nodes), why
-    # No CT-only "enlarged, not FDG-avid" node in the low neck, where muscles and the thyroid are unlabelled
-    # soft tissue (before this rule every case listed several there, none of them real).
-    neck = [f for f in result.lesions if f.status == "enlarged_non_avid" and f.station in ("1R", "1L")
-            and not any(_dist(f.centroid_mm, l["center_mm"]) <= MATCH_MM for l in truth["lesions"])]
-    assert not neck, [(f.station, f.centroid_mm, round(f.short_axis_mm)) for f in neck]
+    # No "enlarged, not FDG-avid" node that is not a true node: with the CT search on, the real CT gave
+    # 74 such findings over these 22 runs (unlabelled vessels, thymus, the esophageal wall;
+    # bench/enlarged_ct_search.py), so it is off by default (lesions.ct_enlarged_nodes) and none may appear.
+    unmatched = [f for f in result.lesions if f.status == "enlarged_non_avid"
+                 and not any(_dist(f.centroid_mm, l["center_mm"]) <= MATCH_MM for l in truth["lesions"])]
+    assert not unmatched, [(f.station, f.centroid_mm, round(f.short_axis_mm)) for f in unmatched]

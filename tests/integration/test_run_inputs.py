@@ -14,10 +14,11 @@ from tests.nnunet_fake import write_fake_model
 
 
 def test_no_lesion_gives_n0_with_a_reason(phantom_studies):
-    settings = PipelineSettings(lesions=LesionSettings(fixed_suv=1000.0))
+    settings = PipelineSettings(lesions=LesionSettings(fixed_suv=1000.0, ct_enlarged_nodes=True))
     result = run_study(phantom_studies["n2b_right_4r_7"].out_dir / "dicom", settings)
-    # Only CT findings remain: enlarged soft tissue in station regions, found without any uptake, never counted.
-    assert all(l.status == "enlarged_non_avid" and not l.positive for l in result.lesions)
+    # Only CT findings remain (the CT search is asked for): enlarged soft tissue in station regions, found
+    # without any uptake, never counted.
+    assert result.lesions and all(l.status == "enlarged_non_avid" and not l.positive for l in result.lesions)
     assert result.n_tnm8 == "N0" and result.n_tnm9 == "N0"
     assert any("no positive regional node" in r for r in result.staging["reasons"])
     assert any("no FDG-avid lesion" in w for w in result.warnings)
