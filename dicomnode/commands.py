@@ -14,6 +14,7 @@ with a one-line message.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import signal
 import sys
@@ -25,10 +26,13 @@ from typing import Any
 from dicomnode.config import ConfigError, NodeConfig, load_config
 from dicomnode.logs import formatter, quiet_libraries
 from dicomnode.runtime import read_runtime
-from dicomnode.storage import connect
-from dicomnode.studies import FINISHED, STATES
+from dicomnode.index import Index, JobState, SendState, StudyState
 
 logger = logging.getLogger(__name__)
+
+RECENT_STUDIES = 10  # finished studies listed by `status`
+FAILED_SENDS_LISTED = 50
+ERRORS_LISTED = 10
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -97,59 +101,56 @@ def status(config_path: str | Path | None = None, now: float | None = None) -> d
         out["error"] = f"no index at {db} (the node has not run with this config)"
         return out
     now = time.time() if now is None else now
-    conn = connect(db, readonly=True)
+    index = Index(db, readonly=True)
     try:
-        q = lambda sql, args=(): conn.execute(sql, args).fetchall()  # noqa: E731
-        by_state = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
-        out["studies"] = {s: by_state.get(s, 0) for s in STATES}
-        active = q("SELECT s.id, s.study_uid, s.state, s.version, s.first_received, s.last_received, "
-                   "s.check_reason, (SELECT COUNT(*) FROM instances i WHERE i.study_id = s.id AND i.kept = 1) AS "
-                   "instances, (SELECT COUNT(*) FROM series x WHERE x.study_id = s.id AND x.kept = 1) AS series "
-                   f"FROM studies s WHERE s.state NOT IN {FINISHED} ORDER BY s.id")
-        out["active"] = [{
-            "study": r["id"], "study_uid": r["study_uid"], "state": r["state"], "version": r["version"],
-            "instances": r["instances"], "series": r["series"],
-            "age_s": round(now - r["first_received"], 1), "quiet_s": round(now - r["last_received"], 1),
-            **({"waiting_for": r["check_reason"]} if r["check_reason"] else {}),
-        } for r in active]
-        recent = q("SELECT s.id, s.study_uid, s.state, s.version, s.reason, s.updated, "
-                   "(SELECT summary FROM jobs j WHERE j.study_id = s.id AND j.version = s.version "
-                   "AND j.state = 'DONE' ORDER BY j.id DESC LIMIT 1) AS summary "
-                   f"FROM studies s WHERE s.state IN {FINISHED} ORDER BY s.updated DESC LIMIT 10")
-        out["recent"] = []
-        import json as _json
-        for r in recent:
-            item = {"study": r["id"], "study_uid": r["study_uid"], "state": r["state"], "version": r["version"],
-                    "finished_ago_s": round(now - r["updated"], 1)}
-            if r["reason"]:
-                item["reason"] = r["reason"]
-            if r["summary"]:
-                s = _json.loads(r["summary"])
-                item.update({k: s.get(k) for k in ("n_tnm8", "n_tnm9", "involved_stations", "seconds")})
-            out["recent"].append(item)
-        queued = q("SELECT COUNT(*) AS n FROM jobs WHERE state = 'QUEUED'")[0]["n"]
-        running = q("SELECT id, study_id, version, started, attempts FROM jobs WHERE state = 'RUNNING'")
-        out["queue"] = {"queued": queued, "running": [
-            {"job": r["id"], "study": r["study_id"], "version": r["version"], "attempt": r["attempts"],
-             "running_s": round(now - (r["started"] or now), 1)} for r in running]}
-        sends = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM sends GROUP BY state")}
-        out["sends"] = {s: sends.get(s, 0) for s in ("PENDING", "SENDING", "DONE", "FAILED_SEND")}
-        out["pending_sends"] = [
-            {"send": r["id"], "study": r["study_id"], "version": r["version"], "destination": r["destination"],
-             "attempts": r["attempts"], "next_attempt_in_s": round(max(0.0, r["next_attempt"] - now), 1),
-             "last_error": r["last_error"]}
-            for r in q("SELECT * FROM sends WHERE state IN ('PENDING', 'SENDING') ORDER BY id")]
-        out["failed_sends"] = [
-            {"send": r["id"], "study": r["study_id"], "version": r["version"], "destination": r["destination"],
-             "role": r["role"], "attempts": r["attempts"], "last_error": r["last_error"],
-             "failed_ago_s": round(now - r["updated"], 1)}
-            for r in q("SELECT * FROM sends WHERE state = 'FAILED_SEND' ORDER BY id DESC LIMIT 50")]
-        out["last_errors"] = [
-            {"ago_s": round(now - r["time"], 1), "study": r["study_id"], "kind": r["kind"], "message": r["message"]}
-            for r in q("SELECT * FROM errors ORDER BY id DESC LIMIT 10")]
-        out["counters"] = {r["name"]: r["value"] for r in q("SELECT name, value FROM counters ORDER BY name")}
+        with index.read() as q:
+            by_state = q.study_counts()
+            active = q.active_studies()
+            recent = q.recent_studies(RECENT_STUDIES)
+            queued = q.count_jobs(JobState.QUEUED)
+            running = q.jobs_in_state(JobState.RUNNING)
+            sends = q.send_counts()
+            pending = q.sends_in_states((SendState.PENDING, SendState.SENDING))
+            failed = q.sends_in_states((SendState.FAILED_SEND,), newest_first=True, limit=FAILED_SENDS_LISTED)
+            errors = q.last_errors(ERRORS_LISTED)
+            counters = q.counters()
     finally:
-        conn.close()
+        index.close()
+    out["studies"] = {s.value: by_state.get(s, 0) for s in StudyState}
+    out["active"] = [{
+        "study": r["id"], "study_uid": r["study_uid"], "state": r["state"], "version": r["version"],
+        "instances": r["instances"], "series": r["series"],
+        "age_s": round(now - r["first_received"], 1), "quiet_s": round(now - r["last_received"], 1),
+        **({"waiting_for": r["check_reason"]} if r["check_reason"] else {}),
+    } for r in active]
+    out["recent"] = []
+    for r in recent:
+        item = {"study": r["id"], "study_uid": r["study_uid"], "state": r["state"], "version": r["version"],
+                "finished_ago_s": round(now - r["updated"], 1)}
+        if r["reason"]:
+            item["reason"] = r["reason"]
+        if r["summary"]:
+            s = json.loads(r["summary"])
+            item.update({k: s.get(k) for k in ("n_tnm8", "n_tnm9", "involved_stations", "seconds")})
+        out["recent"].append(item)
+    out["queue"] = {"queued": queued, "running": [
+        {"job": r["id"], "study": r["study_id"], "version": r["version"], "attempt": r["attempts"],
+         "running_s": round(now - (r["started"] or now), 1)} for r in running]}
+    out["sends"] = {s.value: sends.get(s, 0) for s in SendState}
+    out["pending_sends"] = [
+        {"send": r["id"], "study": r["study_id"], "version": r["version"], "destination": r["destination"],
+         "attempts": r["attempts"], "next_attempt_in_s": round(max(0.0, r["next_attempt"] - now), 1),
+         "last_error": r["last_error"]}
+        for r in pending]
+    out["failed_sends"] = [
+        {"send": r["id"], "study": r["study_id"], "version": r["version"], "destination": r["destination"],
+         "role": r["role"], "attempts": r["attempts"], "last_error": r["last_error"],
+         "failed_ago_s": round(now - r["updated"], 1)}
+        for r in failed]
+    out["last_errors"] = [
+        {"ago_s": round(now - r["time"], 1), "study": r["study_id"], "kind": r["kind"], "message": r["message"]}
+        for r in errors]
+    out["counters"] = counters
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import pydicom
 
 from dicomnode.config import NodeConfig
+from dicomnode.index import FINISHED_STUDY_STATES, JobState, StudyState
 from dicomnode.orthanc import ORTHANC_BIN, Orthanc, OrthancError, free_port, start_orthanc
 from pipeline.job_result import JobResult
 
@@ -181,21 +182,20 @@ def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", 
             row = node.tracker.study_by_uid(study_uid)
             state = row["state"] if row else "waiting"
             if state != last:
-                progress(f"  study: {state}" + (" (pipeline running)" if state == "RUNNING" else ""))
+                progress(f"  study: {state}" + (" (pipeline running)" if state == StudyState.RUNNING else ""))
                 last = state
-            if state in ("DONE", "FAILED", "INCOMPLETE"):
+            if state in FINISHED_STUDY_STATES:
                 break
             time.sleep(0.5)
-        if row is None or row["state"] not in ("DONE", "FAILED", "INCOMPLETE"):
+        if row is None or row["state"] not in FINISHED_STUDY_STATES:
             raise DemoError(f"the study did not finish within {timeout_s:.0f} s")
         result: dict[str, Any] = {"state": row["state"], "study_instance_uid": study_uid, "output_dir": None,
                                   "reason": row["reason"], "pacs": pacs.url if isinstance(pacs, Orthanc) else
                                   str(pacs.folder), "truth": truth["expected"] if truth else None}
-        if row["state"] != "DONE":
+        if row["state"] != StudyState.DONE:
             progress(f"the study ended {row['state']}: {row['reason']}")
             return result
-        job = node.storage.query_one("SELECT * FROM jobs WHERE study_id = ? AND state = 'DONE' ORDER BY id DESC",
-                                     (row["id"],))
+        job = node.storage.index.latest_job(row["id"], JobState.DONE)
         out_dir_v = Path(job["out_dir"])
         staged = JobResult.read(out_dir_v / "result.json")
         result.update({"output_dir": str(out_dir_v), "n_tnm8": staged.n_tnm8, "n_tnm9": staged.n_tnm9,

@@ -69,7 +69,7 @@ def readiness(node: Node) -> list[Check]:
     checks = []
     try:
         assert node.storage is not None
-        node.storage.query_one("SELECT 1")
+        node.storage.index.ping()
         checks.append(Check("database", True, str(cfg.storage.database)))
     except Exception as err:  # any failure of the index means not ready
         checks.append(Check("database", False, f"{type(err).__name__}: {err}"))

@@ -27,6 +27,7 @@ from dicomnode.logs import quiet_libraries
 from dicomnode.runtime import remove_runtime, write_runtime
 from dicomnode.scheduler import NodeScheduler
 from dicomnode.scp import StoreSCP
+from dicomnode.index import SendState
 from dicomnode.scu import Outbox, append_ledger, ledger_failure_row
 from dicomnode.storage import Storage
 from dicomnode.studies import STATES, StudyTracker, Unprocessed
@@ -152,7 +153,7 @@ COUNTERS = [
     ("sends_delivered", "sends delivered"),
     ("send_failures", "failed send attempts"),
 ]
-SEND_STATES = ("PENDING", "SENDING", "DONE", "FAILED_SEND")
+SEND_STATES = tuple(SendState)
 
 
 class IndexCollector:
@@ -164,20 +165,18 @@ class IndexCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        counters = {r["name"]: r["value"] for r in self.storage.query("SELECT name, value FROM counters")}
+        counters = self.storage.index.counters()
         for name, help_ in COUNTERS:
             yield CounterMetricFamily(f"nodestage_{name}", help_, value=counters.get(name, 0))
         yield CounterMetricFamily("nodestage_job_seconds", "time spent in pipeline jobs",
                                   value=counters.get("job_seconds_total", 0))
         studies = GaugeMetricFamily("nodestage_studies", "studies by state", labels=["state"])
-        by_state = {r["state"]: r["n"] for r in self.storage.query(
-            "SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
+        by_state = self.storage.index.study_counts()
         for state in STATES:
             studies.add_metric([state], by_state.get(state, 0))
         yield studies
         sends = GaugeMetricFamily("nodestage_sends", "sends by state", labels=["state"])
-        by_send = {r["state"]: r["n"] for r in self.storage.query(
-            "SELECT state, COUNT(*) AS n FROM sends GROUP BY state")}
+        by_send = self.storage.index.send_counts()
         for state in SEND_STATES:
             sends.add_metric([state], by_send.get(state, 0))
         yield sends

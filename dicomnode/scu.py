@@ -38,13 +38,15 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.config import Destination, NodeConfig, SendSettings
+from dicomnode.index import SendState
 from dicomnode.storage import Storage
 from pipeline.job_result import JobResult
 
 logger = logging.getLogger(__name__)
 
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}  # coercion, elements discarded, data set does not match
-PENDING, SENDING, SENT, FAILED_SEND = "PENDING", "SENDING", "DONE", "FAILED_SEND"
+# the outbox states by their short names, as other modules import them (SENT is stored as "DONE")
+PENDING, SENDING, SENT, FAILED_SEND = SendState.PENDING, SendState.SENDING, SendState.DONE, SendState.FAILED_SEND
 
 LEDGER_COLUMNS = [
     "recorded_at", "study_instance_uid", "accession_number", "version", "n_tnm8", "n_tnm9",
@@ -302,15 +304,9 @@ class Outbox:
 
     def enqueue(self, job_id: int | None, study_id: int, version: int, files: list[Path]) -> list[int]:
         now = self.clock()
-        ids = []
-        with self.storage.tx() as c:
-            for dest, role in self.targets():
-                cur = c.execute(
-                    "INSERT INTO sends(job_id, study_id, version, destination, role, files, state, attempts, "
-                    "next_attempt, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                    (job_id, study_id, version, dest.name, role, json.dumps([str(f) for f in files]), PENDING,
-                     now, now, now))
-                ids.append(cur.lastrowid)
+        with self.storage.index.tx() as t:
+            ids = [t.enqueue_send(job_id, study_id, version, dest.name, role, files, now)
+                   for dest, role in self.targets()]
         for dest, role in self.targets():
             logger.info("study #%d v%d: %d outputs queued for %s (%s)", study_id, version, len(files), dest.name, role)
         return ids
@@ -321,28 +317,24 @@ class Outbox:
 
     def requeue_interrupted(self) -> int:
         """At start-up: sends left SENDING by a crash are due again."""
-        with self.storage.tx() as c:
-            cur = c.execute("UPDATE sends SET state = ?, next_attempt = ? WHERE state = ?",
-                            (PENDING, self.clock(), SENDING))
-        return cur.rowcount
+        with self.storage.index.tx() as t:
+            return t.requeue_sending(self.clock())
 
     def process_due(self, now: float | None = None) -> int:
         """Attempt every due send once; returns how many were delivered."""
         now = self.clock() if now is None else now
-        rows = self.storage.query("SELECT id FROM sends WHERE state = ? AND next_attempt <= ? ORDER BY id",
-                                  (PENDING, now))
+        with self.storage.index.read() as q:
+            due = q.due_sends(now)
         delivered = 0
-        for row in rows:
-            delivered += self._attempt(row["id"])
+        for send_id in due:
+            delivered += self._attempt(send_id)
         return delivered
 
     def _attempt(self, send_id: int) -> int:
-        with self.storage.tx() as c:
-            cur = c.execute("UPDATE sends SET state = ?, updated = ? WHERE id = ? AND state = ?",
-                            (SENDING, self.clock(), send_id, PENDING))
-            if not cur.rowcount:
-                return 0  # claimed by another thread
-            row = c.execute("SELECT * FROM sends WHERE id = ?", (send_id,)).fetchone()
+        with self.storage.index.tx() as t:
+            row = t.claim_send(send_id, self.clock())
+        if row is None:
+            return 0  # claimed by another thread
         attempts = row["attempts"] + 1
         found = self.config.destination(row["destination"])
         error: str | None = None
@@ -368,24 +360,21 @@ class Outbox:
                     logger.exception("send to %s crashed", dest.name)
                     error = f"{type(err).__name__}: {err}"
         now = self.clock()
-        with self.storage.tx() as c:
+        with self.storage.index.tx() as t:
             if error is None:
-                c.execute("UPDATE sends SET state = ?, attempts = ?, last_error = NULL, updated = ? WHERE id = ?",
-                          (SENT, attempts, now, send_id))
-                self.storage.bump("sends_delivered", conn=c)
+                t.end_send(send_id, SENT, attempts, None, now)
+                t.bump("sends_delivered")
                 return 1
-            self.storage.bump("send_failures", conn=c)
+            t.bump("send_failures")
             if final or attempts >= self.config.retry.max_attempts:
-                c.execute("UPDATE sends SET state = ?, attempts = ?, last_error = ?, updated = ? WHERE id = ?",
-                          (FAILED_SEND, attempts, error, now, send_id))
-                self.storage.record_error("send", f"to {row['destination']}: FAILED_SEND after {attempts} "
-                                          f"attempts: {error}", row["study_id"], conn=c)
+                t.end_send(send_id, FAILED_SEND, attempts, error, now)
+                t.record_error("send", f"to {row['destination']}: FAILED_SEND after {attempts} attempts: {error}",
+                               row["study_id"], now=time.time())
                 logger.error("study #%d v%d: FAILED_SEND to %s after %d attempts: %s", row["study_id"],
                              row["version"], row["destination"], attempts, error)
             else:
                 wait = self.delay(attempts)
-                c.execute("UPDATE sends SET state = ?, attempts = ?, last_error = ?, next_attempt = ?, updated = ? "
-                          "WHERE id = ?", (PENDING, attempts, error, now + wait, now, send_id))
+                t.end_send(send_id, PENDING, attempts, error, now, next_attempt=now + wait)
                 logger.warning("study #%d v%d: send to %s failed (attempt %d of %d), retry in %.0f s: %s",
                                row["study_id"], row["version"], row["destination"], attempts,
                                self.config.retry.max_attempts, wait, error)

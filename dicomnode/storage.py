@@ -1,17 +1,16 @@
-"""The spool of received instances and the SQLite index (WAL) of instances, series, studies, jobs and sends.
+"""The spool of received instances, and the node's handle on its index (`dicomnode.index`).
 
 Spool layout: ``<spool>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``,
 each file written to ``<spool>/.incoming/`` first, then renamed into place and
 fsynced with its folder (per config) before the sender gets 0x0000. UIDs that are not
 safe as file names are replaced by a hash.
 
-The index is one SQLite database in WAL mode, shared by the receiving threads,
-the scheduler and the worker of one node process (one connection behind a lock),
-and read by `nodestage status` from another process. A lock file next to the
+The index (one SQLite database in WAL mode: schema, migrations, every statement)
+is `dicomnode.index`; `Storage` opens it as `storage.index`. A lock file next to the
 database keeps a second node off the same index.
 
-This module knows tables and files; the study states and their transitions are
-`dicomnode.studies`'.
+This module knows files; the tables are `dicomnode.index`', the study states and
+their transitions `dicomnode.studies`'.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,92 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from dicomnode.index import FINISHED_STUDY_STATES, Index, Statements, connect  # noqa: F401 (connect: tools, tests)
+
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS studies (
-    id INTEGER PRIMARY KEY,
-    study_uid TEXT NOT NULL UNIQUE,
-    accession TEXT,
-    state TEXT NOT NULL,
-    version INTEGER NOT NULL DEFAULT 1,
-    reason TEXT,
-    first_received REAL NOT NULL,      -- first instance of the current version
-    last_received REAL NOT NULL,       -- last kept instance (any version)
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    checked_count INTEGER NOT NULL DEFAULT -1,  -- kept instances at the last series check
-    check_reason TEXT,                  -- why the last series check failed
-    purged INTEGER NOT NULL DEFAULT 0   -- spool removed by retention
-);
-CREATE INDEX IF NOT EXISTS studies_state ON studies(state);
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_id INTEGER NOT NULL REFERENCES studies(id),
-    modality TEXT, sop_class TEXT, frame_of_reference TEXT, description TEXT,
-    corrected_image TEXT, image_type TEXT, series_type TEXT, series_number INTEGER,
-    number_of_slices INTEGER, images_in_acquisition INTEGER,
-    kept INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS series_study ON series(study_id);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid TEXT PRIMARY KEY,
-    study_id INTEGER NOT NULL REFERENCES studies(id),
-    series_uid TEXT NOT NULL,
-    sop_class TEXT NOT NULL,
-    path TEXT,                  -- relative to the spool; NULL when not kept
-    size INTEGER NOT NULL,
-    kept INTEGER NOT NULL,
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    times_received INTEGER NOT NULL DEFAULT 1,
-    calling_aet TEXT
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_id);
-CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    study_id INTEGER NOT NULL REFERENCES studies(id),
-    version INTEGER NOT NULL,
-    state TEXT NOT NULL,        -- QUEUED, RUNNING, DONE, FAILED, CANCELLED
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    reason TEXT,
-    out_dir TEXT,
-    pid INTEGER,                -- pipeline process (group leader) while RUNNING
-    summary TEXT                -- JSON: N stage, stations, timings (no PHI)
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS sends (
-    id INTEGER PRIMARY KEY,
-    job_id INTEGER REFERENCES jobs(id),
-    study_id INTEGER NOT NULL REFERENCES studies(id),
-    version INTEGER NOT NULL,
-    destination TEXT NOT NULL,  -- name in config; address resolved at send time
-    role TEXT NOT NULL,         -- clinical or research
-    files TEXT NOT NULL,        -- JSON list of absolute paths
-    state TEXT NOT NULL,        -- PENDING, SENDING, DONE, FAILED_SEND
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_error TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sends_state ON sends(state, next_attempt);
-CREATE TABLE IF NOT EXISTS errors (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    study_id INTEGER,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
-"""
 
 _SAFE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 _HASHED = re.compile(r"^h[0-9a-f]{40}$")  # what safe_name makes of an unsafe value
@@ -156,7 +71,7 @@ class InstanceHeader:
 
 
 class Storage:
-    """Spool files and the SQLite index of one node."""
+    """The spool files of one node, and its index (`self.index`), which one lock file keeps to one node."""
 
     def __init__(self, database: Path, spool_dir: Path, fsync: bool = True, lock: bool = True):
         self.database = Path(database)
@@ -174,11 +89,13 @@ class Storage:
                 self._lock_file.close()
                 self._lock_file = None
                 raise NodeLockedError(f"another node is running on {self.database}") from None
-        self._lock = threading.RLock()
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="nodestage-fsync")
-        self.conn = connect(self.database, fsync)
-        self.conn.executescript(SCHEMA)
-        self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:
+            self.index = Index(self.database, fsync)
+        except BaseException:
+            self._syncer.shutdown(wait=False)
+            self._unlock()
+            raise
         if lock:  # only the node owning the index may clear partial files (a reader must not)
             for stale in self.incoming.iterdir():
                 stale.unlink(missing_ok=True)
@@ -187,20 +104,14 @@ class Storage:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE) under the node's lock."""
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            else:
-                self.conn.execute("COMMIT")
+        """One write transaction under the node's lock (`Index.tx()`), as a bare connection: for
+        tests and tools outside `dicomnode/` (node code uses `storage.index.tx()`)."""
+        with self.index.tx() as t:
+            yield t.conn
 
     def query(self, sql: str, args: tuple | dict = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self.conn.execute(sql, args).fetchall()
+        """A caller's read-only statement (tests, benchmarks, tools)."""
+        return self.index.query(sql, args)
 
     def query_one(self, sql: str, args: tuple | dict = ()) -> sqlite3.Row | None:
         rows = self.query(sql, args)
@@ -208,35 +119,29 @@ class Storage:
 
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
-        with self._lock:
-            try:
-                self.conn.close()
-            except sqlite3.Error:
-                pass
+        self.index.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
 
     def record_error(self, kind: str, message: str, study_id: int | None = None,
-                     conn: sqlite3.Connection | None = None) -> None:
-        """Keep an error for `nodestage status` (messages carry no PHI)."""
-        sql = "INSERT INTO errors(time, study_id, kind, message) VALUES (?, ?, ?, ?)"
+                     conn: Statements | sqlite3.Connection | None = None) -> None:
+        """Keep an error for `nodestage status` (messages carry no PHI); inside `conn`'s transaction if given."""
         if conn is not None:
-            conn.execute(sql, (time.time(), study_id, kind, message))
+            _statements(conn).record_error(kind, message, study_id, time.time())
             return
-        with self.tx() as c:
-            c.execute(sql, (time.time(), study_id, kind, message))
+        self.index.record_error(kind, message, study_id, time.time())
 
-    def bump(self, name: str, amount: float = 1, conn: sqlite3.Connection | None = None) -> None:
-        """Add to a counter (for metrics)."""
-        sql = ("INSERT INTO counters(name, value) VALUES (?, ?) "
-               "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value")
+    def bump(self, name: str, amount: float = 1, conn: Statements | sqlite3.Connection | None = None) -> None:
+        """Add to a counter (for metrics); inside `conn`'s transaction if given."""
         if conn is not None:
-            conn.execute(sql, (name, amount))
+            _statements(conn).bump(name, amount)
             return
-        with self.tx() as c:
-            c.execute(sql, (name, amount))
+        self.index.bump(name, amount)
 
     # ---------------------------------------------------------------- spool
 
@@ -289,26 +194,24 @@ class Storage:
         and their outputs older than `archive_days`. Studies still in flight are never touched."""
         now = time.time() if now is None else now
         done: dict[str, int] = {"spool": 0, "archive": 0}
-        with self.tx() as c:  # keep the last 1000 errors
-            c.execute("DELETE FROM errors WHERE id <= (SELECT MAX(id) FROM errors) - 1000")
-        finished = "('DONE', 'FAILED', 'INCOMPLETE')"
+        with self.index.tx() as t:
+            t.prune_errors()
         if spool_days is not None:
-            rows = self.query(f"SELECT id, study_uid FROM studies WHERE state IN {finished} AND purged = 0 "
-                              "AND updated < ?", (now - spool_days * 86400,))
+            cutoff = now - spool_days * 86400
+            with self.index.read() as q:
+                rows = q.finished_studies_before(cutoff, unpurged_only=True)
             for row in rows:
-                with self.tx() as c:
-                    state = c.execute("SELECT state, updated FROM studies WHERE id = ?", (row["id"],)).fetchone()
-                    if state["state"] not in ("DONE", "FAILED", "INCOMPLETE") or state["updated"] >= now - spool_days * 86400:
+                with self.index.tx() as t:
+                    study = t.study(row["id"])
+                    if study["state"] not in FINISHED_STUDY_STATES or study["updated"] >= cutoff:
                         continue  # re-opened meanwhile
-                    c.execute("DELETE FROM instances WHERE study_id = ?", (row["id"],))
-                    c.execute("DELETE FROM series WHERE study_id = ?", (row["id"],))
-                    c.execute("UPDATE studies SET purged = 1 WHERE id = ?", (row["id"],))
+                    t.purge_study_rows(row["id"])
                 shutil.rmtree(self.study_dir(row["study_uid"]), ignore_errors=True)
                 done["spool"] += 1
                 logger.info("retention: removed received instances of study #%d", row["id"])
         if archive_days is not None:
-            rows = self.query(f"SELECT id, study_uid FROM studies WHERE state IN {finished} AND updated < ?",
-                              (now - archive_days * 86400,))
+            with self.index.read() as q:
+                rows = q.finished_studies_before(now - archive_days * 86400, unpurged_only=False)
             for row in rows:
                 folder = Path(archive_dir) / safe_name(row["study_uid"])
                 if folder.exists():
@@ -318,18 +221,8 @@ class Storage:
         return done
 
 
-def connect(database: Path, fsync: bool = True, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with WAL, row factory and a busy timeout."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30, check_same_thread=False,
-                               isolation_level=None)
-    else:
-        conn = sqlite3.connect(database, timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+def _statements(conn: Statements | sqlite3.Connection) -> Statements:
+    return conn if isinstance(conn, Statements) else Statements(conn)
 
 
 def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:

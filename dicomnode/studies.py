@@ -33,13 +33,17 @@ from pathlib import Path
 from typing import Callable
 
 from dicomnode.config import StudySettings
+from dicomnode.index import FINISHED_STUDY_STATES, JobState, Row, StudyState
 from dicomnode.storage import InstanceHeader, Storage
 
 logger = logging.getLogger(__name__)
 
-RECEIVING, READY, RUNNING, DONE, FAILED, INCOMPLETE = "RECEIVING", "READY", "RUNNING", "DONE", "FAILED", "INCOMPLETE"
-STATES = (RECEIVING, READY, RUNNING, DONE, FAILED, INCOMPLETE)
-FINISHED = (DONE, FAILED, INCOMPLETE)
+# the study states by their short names, as other modules and the tests import them
+RECEIVING, READY, RUNNING, DONE, FAILED, INCOMPLETE = (
+    StudyState.RECEIVING, StudyState.READY, StudyState.RUNNING, StudyState.DONE, StudyState.FAILED,
+    StudyState.INCOMPLETE)
+STATES = tuple(StudyState)
+FINISHED = FINISHED_STUDY_STATES
 
 # SOP classes kept for processing; every other storage class is accepted and ignored.
 CT_PET_CLASSES = {
@@ -154,65 +158,37 @@ class StudyTracker:
         now = self.clock()
         rel = str(path.relative_to(self.storage.spool_dir)) if path is not None else None
         created = reopened = False
-        with self.storage.tx() as c:
-            study = c.execute("SELECT * FROM studies WHERE study_uid = ?", (header.study_uid,)).fetchone()
+        with self.storage.index.tx() as t:
+            study = t.study_by_uid(header.study_uid)
             if study is None:
-                cur = c.execute(
-                    "INSERT INTO studies(study_uid, accession, state, version, first_received, last_received, "
-                    "created, updated) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
-                    (header.study_uid, header.accession, RECEIVING, now, now, now, now))
-                study = c.execute("SELECT * FROM studies WHERE id = ?", (cur.lastrowid,)).fetchone()
+                study = t.study(t.insert_study(header.study_uid, header.accession, RECEIVING, now))
                 created = True
             sid = study["id"]
-            old = c.execute("SELECT * FROM instances WHERE sop_uid = ?", (header.sop_uid,)).fetchone()
+            old = t.instance(header.sop_uid)
             new_instance = old is None or (kept and not old["kept"]) or old["study_id"] != sid
             if old is None:
-                c.execute(
-                    "INSERT INTO instances(sop_uid, study_id, series_uid, sop_class, path, size, kept, "
-                    "first_received, last_received, times_received, calling_aet) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                    (header.sop_uid, sid, header.series_uid, header.sop_class, rel, size, int(kept), now, now,
-                     calling_aet))
+                t.insert_instance(header, sid, rel, size, kept, now, calling_aet)
             else:
-                c.execute(
-                    "UPDATE instances SET study_id = ?, series_uid = ?, sop_class = ?, path = ?, size = ?, "
-                    "kept = ?, last_received = ?, times_received = times_received + 1, calling_aet = ? "
-                    "WHERE sop_uid = ?",
-                    (sid, header.series_uid, header.sop_class, rel, size, int(kept), now, calling_aet,
-                     header.sop_uid))
-            c.execute(
-                "INSERT INTO series(series_uid, study_id, modality, sop_class, frame_of_reference, description, "
-                "corrected_image, image_type, series_type, series_number, number_of_slices, "
-                "images_in_acquisition, kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(series_uid) DO UPDATE SET "
-                "number_of_slices = COALESCE(series.number_of_slices, excluded.number_of_slices), "
-                "images_in_acquisition = COALESCE(series.images_in_acquisition, excluded.images_in_acquisition)",
-                (header.series_uid, sid, header.modality, header.sop_class, header.frame_of_reference,
-                 header.series_description, header.corrected_image, header.image_type, header.series_type,
-                 header.series_number, header.number_of_slices, header.images_in_acquisition, int(kept)))
-            state, version = study["state"], study["version"]
+                t.update_instance(header, sid, rel, size, kept, now, calling_aet)
+            t.upsert_series(header, sid, kept)
+            state, version = StudyState(study["state"]), study["version"]
             if kept and not created:
                 if state == RECEIVING:
-                    c.execute("UPDATE studies SET last_received = ?, updated = ? WHERE id = ?", (now, now, sid))
+                    t.touch_study(sid, now)
                 elif state == READY:  # not started yet: more data, so wait again (same version)
-                    c.execute("UPDATE jobs SET state = 'CANCELLED', finished = ?, reason = ? "
-                              "WHERE study_id = ? AND state = 'QUEUED'", (now, "more instances arrived", sid))
-                    c.execute("UPDATE studies SET state = ?, last_received = ?, updated = ?, checked_count = -1 "
-                              "WHERE id = ?", (RECEIVING, now, now, sid))
+                    t.cancel_queued_jobs(sid, now, "more instances arrived")
+                    t.restart_receiving(sid, now)
                     state = RECEIVING
                 elif new_instance or self.settings.on_resend == "new_version":
                     version += 1
                     reopened = True
-                    c.execute(
-                        "UPDATE studies SET state = ?, version = ?, reason = NULL, first_received = ?, "
-                        "last_received = ?, updated = ?, checked_count = -1, check_reason = NULL WHERE id = ?",
-                        (RECEIVING, version, now, now, now, sid))
+                    t.reopen_study(sid, version, now)
                     state = RECEIVING
             if header.accession and not study["accession"]:
-                c.execute("UPDATE studies SET accession = ? WHERE id = ?", (header.accession, sid))
-            self.storage.bump("instances_received" if kept else "instances_ignored", conn=c)
+                t.set_accession(sid, header.accession)
+            t.bump("instances_received" if kept else "instances_ignored")
             if old is not None:
-                self.storage.bump("instances_duplicate", conn=c)
+                t.bump("instances_duplicate")
         if created:
             logger.info("study #%d: receiving", sid)
             logger.debug("study #%d is StudyInstanceUID=%s accession=%s", sid, header.study_uid, header.accession)
@@ -222,10 +198,9 @@ class StudyTracker:
 
     # ---------------------------------------------------------------- completeness
 
-    def _series_counts(self, study_id: int) -> list:
-        return self.storage.query(
-            "SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid = s.series_uid AND i.kept = 1 "
-            "AND i.study_id = s.study_id) AS n FROM series s WHERE s.study_id = ? AND s.kept = 1", (study_id,))
+    def _series_counts(self, study_id: int) -> list[Row]:
+        with self.storage.index.read() as q:
+            return q.kept_series_counts(study_id)
 
     @staticmethod
     def expected_all_in(series: list) -> bool:
@@ -250,9 +225,12 @@ class StudyTracker:
         Returns the ids of studies made READY."""
         now = self.clock() if now is None else now
         st = self.settings
+        index = self.storage.index
         made_ready: list[int] = []
         ended: list[Unprocessed] = []
-        for study in self.storage.query("SELECT * FROM studies WHERE state = ? ORDER BY id", (RECEIVING,)):
+        with index.read() as q:
+            receiving = q.studies_in_state(RECEIVING)
+        for study in receiving:
             sid = study["id"]
             series = self._series_counts(sid)
             n_kept = sum(s["n"] for s in series)
@@ -268,22 +246,19 @@ class StudyTracker:
                 reason = study["check_reason"]
             else:
                 reason = check_series(self.storage.study_dir(study["study_uid"]))
-                with self.storage.tx() as c:
-                    c.execute("UPDATE studies SET checked_count = ?, check_reason = ? WHERE id = ? AND state = ?",
-                              (n_kept, reason, sid, RECEIVING))
+                with index.tx() as t:
+                    t.record_series_check(sid, n_kept, reason)
             if reason is None:
                 if self._to_ready(sid, study["version"], study["last_received"], now,
                                   "every expected instance in" if all_in else "quiet period over"):
                     made_ready.append(sid)
             elif age >= st.max_wait_seconds:
                 why = f"{reason} (after waiting {age:.0f} s)"
-                with self.storage.tx() as c:
-                    cur = c.execute("UPDATE studies SET state = ?, reason = ?, updated = ? "
-                                    "WHERE id = ? AND state = ? AND version = ?",
-                                    (INCOMPLETE, why, now, sid, RECEIVING, study["version"]))
-                    if cur.rowcount:
-                        self.storage.record_error("incomplete", why, sid, conn=c)
-                if cur.rowcount:
+                with index.tx() as t:
+                    ended_now = t.move_study(sid, study["version"], RECEIVING, INCOMPLETE, now, reason=why)
+                    if ended_now:
+                        t.record_error("incomplete", why, sid, now=time.time())
+                if ended_now:
                     logger.warning("study #%d v%d: INCOMPLETE: %s", sid, study["version"], why)
                     ended.append(Unprocessed(sid, study["study_uid"], study["accession"] or "", study["version"],
                                              INCOMPLETE, f"incomplete: {why}"))
@@ -293,13 +268,10 @@ class StudyTracker:
         return made_ready
 
     def _to_ready(self, sid: int, version: int, last_received: float, now: float, why: str) -> bool:
-        with self.storage.tx() as c:
-            cur = c.execute("UPDATE studies SET state = ?, updated = ? WHERE id = ? AND state = ? AND version = ? "
-                            "AND last_received = ?", (READY, now, sid, RECEIVING, version, last_received))
-            if not cur.rowcount:
+        with self.storage.index.tx() as t:
+            if not t.move_study(sid, version, RECEIVING, READY, now, keep_reason=True, last_received=last_received):
                 return False  # an instance arrived meanwhile
-            c.execute("INSERT INTO jobs(study_id, version, state, created) VALUES (?, ?, 'QUEUED', ?)",
-                      (sid, version, now))
+            t.queue_job(sid, version, now)
         logger.info("study #%d v%d: READY (%s)", sid, version, why)
         return True
 
@@ -308,17 +280,15 @@ class StudyTracker:
 
         A finished study gets a new version. Returns False when it is RUNNING or READY already."""
         now = self.clock()
-        with self.storage.tx() as c:
-            study = c.execute("SELECT * FROM studies WHERE id = ?", (study_id,)).fetchone()
+        with self.storage.index.tx() as t:
+            study = t.study(study_id)
             if study is None:
                 raise KeyError(f"no study #{study_id}")
             if study["state"] in (READY, RUNNING):
                 return False
             version = study["version"] + (1 if study["state"] in FINISHED else 0)
-            c.execute("UPDATE studies SET state = ?, version = ?, reason = NULL, updated = ? WHERE id = ?",
-                      (READY, version, now, study_id))
-            c.execute("INSERT INTO jobs(study_id, version, state, created) VALUES (?, ?, 'QUEUED', ?)",
-                      (study_id, version, now))
+            t.requeue_study_version(study_id, version, now)
+            t.queue_job(study_id, version, now)
         logger.info("study #%d v%d: READY (queued by request)", study_id, version)
         if self.on_ready is not None:
             self.on_ready()
@@ -329,21 +299,16 @@ class StudyTracker:
     def claim_next_job(self) -> Job | None:
         """Take the oldest QUEUED job: job and study become RUNNING."""
         now = self.clock()
-        with self.storage.tx() as c:
+        with self.storage.index.tx() as t:
             while True:
-                row = c.execute(
-                    "SELECT j.*, s.study_uid, s.accession, s.state AS study_state, s.version AS study_version "
-                    "FROM jobs j JOIN studies s ON s.id = j.study_id WHERE j.state = 'QUEUED' "
-                    "ORDER BY j.id LIMIT 1").fetchone()
+                row = t.oldest_queued_job()
                 if row is None:
                     return None
                 if row["study_state"] != READY or row["study_version"] != row["version"]:
-                    c.execute("UPDATE jobs SET state = 'CANCELLED', finished = ?, reason = ? WHERE id = ?",
-                              (now, "study changed before the job started", row["id"]))
+                    t.end_job(row["id"], JobState.CANCELLED, now, "study changed before the job started")
                     continue
-                c.execute("UPDATE jobs SET state = 'RUNNING', started = ?, attempts = attempts + 1 WHERE id = ?",
-                          (now, row["id"]))
-                c.execute("UPDATE studies SET state = ?, updated = ? WHERE id = ?", (RUNNING, now, row["study_id"]))
+                t.start_job(row["id"], now)
+                t.set_study_state(row["study_id"], RUNNING, now)
                 return Job(id=row["id"], study_id=row["study_id"], study_uid=row["study_uid"],
                            version=row["version"], attempts=row["attempts"] + 1, accession=row["accession"] or "")
 
@@ -354,79 +319,67 @@ class StudyTracker:
         Returns True when the study's state changed."""
         assert state in (DONE, FAILED)
         now = self.clock()
-        with self.storage.tx() as c:
-            c.execute("UPDATE jobs SET state = ?, finished = ?, reason = ?, out_dir = ?, summary = ? WHERE id = ?",
-                      (state, now, reason, str(out_dir) if out_dir else None, summary, job.id))
-            cur = c.execute("UPDATE studies SET state = ?, reason = ?, updated = ? "
-                            "WHERE id = ? AND version = ? AND state = ?",
-                            (state, reason, now, job.study_id, job.version, RUNNING))
+        with self.storage.index.tx() as t:
+            t.finish_job(job.id, JobState(state), now, reason, str(out_dir) if out_dir else None, summary)
+            changed = t.move_study(job.study_id, job.version, RUNNING, StudyState(state), now, reason=reason)
             if state == FAILED:
-                self.storage.record_error("job", reason or "failed", job.study_id, conn=c)
-        return bool(cur.rowcount)
+                t.record_error("job", reason or "failed", job.study_id, now=time.time())
+        return changed
 
     def set_job_pid(self, job: Job, pid: int | None) -> None:
-        with self.storage.tx() as c:
-            c.execute("UPDATE jobs SET pid = ? WHERE id = ?", (pid, job.id))
+        with self.storage.index.tx() as t:
+            t.set_job_pid(job.id, pid)
 
     def requeue(self, job: Job, reason: str) -> None:
         """Put a job that was stopped (node shutting down) back in the queue."""
         now = self.clock()
-        with self.storage.tx() as c:
-            c.execute("UPDATE jobs SET state = 'QUEUED', started = NULL, reason = ? WHERE id = ?", (reason, job.id))
-            c.execute("UPDATE studies SET state = ?, updated = ? WHERE id = ? AND version = ? AND state = ?",
-                      (READY, now, job.study_id, job.version, RUNNING))
+        with self.storage.index.tx() as t:
+            t.requeue_job(job.id, reason)
+            t.move_study(job.study_id, job.version, RUNNING, READY, now, keep_reason=True)
 
     def requeue_interrupted(self, max_restarts: int) -> int:
         """At start-up: jobs left RUNNING by a crash go back to the queue (or FAILED after too many)."""
         now = self.clock()
         n = 0
         ended: list[Unprocessed] = []
-        with self.storage.tx() as c:
-            for row in c.execute("SELECT * FROM jobs WHERE state = 'RUNNING'").fetchall():
+        with self.storage.index.tx() as t:
+            for row in t.jobs_in_state(JobState.RUNNING):
                 if row["pid"]:
                     kill_orphan(row["pid"])
                 if row["attempts"] > max_restarts:
                     reason = (f"interrupted by a node restart on attempt {row['attempts']}; not retried "
                               f"(worker.max_restarts is {max_restarts})")
-                    c.execute("UPDATE jobs SET state = 'FAILED', finished = ?, reason = ? WHERE id = ?",
-                              (now, reason, row["id"]))
-                    c.execute("UPDATE studies SET state = ?, reason = ?, updated = ? WHERE id = ? AND version = ? "
-                              "AND state = ?", (FAILED, reason, now, row["study_id"], row["version"], RUNNING))
-                    self.storage.record_error("job", reason, row["study_id"], conn=c)
+                    t.end_job(row["id"], JobState.FAILED, now, reason)
+                    t.move_study(row["study_id"], row["version"], RUNNING, FAILED, now, reason=reason)
+                    t.record_error("job", reason, row["study_id"], now=time.time())
                     logger.warning("study #%d v%d: FAILED: %s", row["study_id"], row["version"], reason)
-                    study = c.execute("SELECT study_uid, accession FROM studies WHERE id = ?",
-                                      (row["study_id"],)).fetchone()
+                    study = t.study(row["study_id"])
                     ended.append(Unprocessed(row["study_id"], study["study_uid"], study["accession"] or "",
                                              row["version"], FAILED, reason))
                     continue
-                c.execute("UPDATE jobs SET state = 'QUEUED', started = NULL, reason = ? WHERE id = ?",
-                          ("re-queued at start-up (was RUNNING)", row["id"]))
-                c.execute("UPDATE studies SET state = ?, updated = ? WHERE id = ? AND version = ? AND state = ?",
-                          (READY, now, row["study_id"], row["version"], RUNNING))
+                t.requeue_job(row["id"], "re-queued at start-up (was RUNNING)")
+                t.move_study(row["study_id"], row["version"], RUNNING, READY, now, keep_reason=True)
                 n += 1
                 logger.info("study #%d v%d: job re-queued at start-up (it was RUNNING)", row["study_id"],
                             row["version"])
             # a RUNNING study without a RUNNING/QUEUED job (should not happen): make it READY again
-            for row in c.execute("SELECT * FROM studies s WHERE state = ? AND NOT EXISTS (SELECT 1 FROM jobs j "
-                                 "WHERE j.study_id = s.id AND j.version = s.version AND j.state IN "
-                                 "('QUEUED', 'RUNNING'))", (RUNNING,)).fetchall():
-                c.execute("UPDATE studies SET state = ? WHERE id = ?", (READY, row["id"]))
-                c.execute("INSERT INTO jobs(study_id, version, state, created) VALUES (?, ?, 'QUEUED', ?)",
-                          (row["id"], row["version"], now))
+            for row in t.running_studies_without_job():
+                t.set_study_state(row["id"], READY)
+                t.queue_job(row["id"], row["version"], now)
                 n += 1
         self._report_unprocessed(ended)
         return n
 
     # ---------------------------------------------------------------- reading
 
-    def study(self, study_id: int):
-        return self.storage.query_one("SELECT * FROM studies WHERE id = ?", (study_id,))
+    def study(self, study_id: int) -> Row | None:
+        return self.storage.index.study(study_id)
 
-    def study_by_uid(self, study_uid: str):
-        return self.storage.query_one("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
+    def study_by_uid(self, study_uid: str) -> Row | None:
+        return self.storage.index.study_by_uid(study_uid)
 
     def kept_files(self, study_id: int) -> list[tuple[str, str, Path]]:
         """(series UID, SOP UID, spool path) of every kept instance of a study."""
-        rows = self.storage.query("SELECT series_uid, sop_uid, path FROM instances WHERE study_id = ? AND kept = 1 "
-                                  "AND path IS NOT NULL ORDER BY series_uid, sop_uid", (study_id,))
+        with self.storage.index.read() as q:
+            rows = q.kept_instance_paths(study_id)
         return [(r["series_uid"], r["sop_uid"], self.storage.spool_dir / r["path"]) for r in rows]

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from dicomnode import pipeline_job
 from dicomnode.config import NodeConfig
 from dicomnode.executor import Executor, LocalSubprocessExecutor, PipelineRun
+from dicomnode.index import JobState
 from dicomnode.scu import Outbox, append_ledger, ledger_failure_row, ledger_row
 from dicomnode.storage import Storage, safe_name
 from dicomnode.studies import DONE, FAILED, Job, StudyTracker
@@ -162,7 +163,7 @@ class Worker:
         if self._stopping.is_set() and not outcome.timed_out and outcome.returncode != 0:
             self.tracker.requeue(job, "node stopped while the job ran")
             logger.info("study #%d v%d: job stopped by shutdown; re-queued", job.study_id, job.version)
-            return "QUEUED"
+            return JobState.QUEUED
         if outcome.timed_out:
             return self._fail(job, f"timeout: the pipeline ran longer than {timeout:g} s", out_dir)
         if outcome.killed_by:  # killed from outside (OOM killer, an operator): worth another try
@@ -172,7 +173,7 @@ class Worker:
                 logger.warning("study #%d v%d: the pipeline was killed by %s (attempt %d of %d); re-queued",
                                job.study_id, job.version, outcome.killed_by, job.attempts, max_restarts + 1)
                 self.wake()
-                return "QUEUED"
+                return JobState.QUEUED
             return self._fail(job, f"killed by {outcome.killed_by} on attempt {job.attempts}; not retried "
                                    f"(worker.max_restarts is {max_restarts})", out_dir)
         if outcome.returncode != 0:
