@@ -247,22 +247,6 @@ class SeriesSelection:
         }
 
 
-@dataclass
-class CTSelection:
-    """The CT chosen when there is no PET to anchor it (diagnosis, CT-only tools)."""
-
-    ct: SeriesInfo
-    decisions: list[SeriesDecision]
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ct": self.ct.to_dict(),
-            "decisions": [d.to_dict() for d in self.decisions],
-            "warnings": list(self.warnings),
-        }
-
-
 # ---------------------------------------------------------------- reading
 
 
@@ -684,38 +668,3 @@ def select_series(scan: StudyScan) -> SeriesSelection:
         logger.warning("%s", w)
     return SeriesSelection(ct=best, pet=pet, decisions=_ordered(decisions, series),
                            warnings=list(scan.warnings) + warnings)
-
-
-def select_ct(scan: StudyScan, frame_of_reference_uid: str | None = None) -> CTSelection:
-    """Choose a CT without a PET to anchor it: the usable axial CT with most slices.
-
-    For diagnosis and CT-only tools. `frame_of_reference_uid` restricts the
-    choice when known. PET series are listed as left out ("not a CT").
-    """
-    series = scan.series
-    if not series:
-        raise EmptyStudyError(f"no DICOM files under {scan.folder}")
-    decisions: dict[str, SeriesDecision] = {}
-    cts: list[SeriesInfo] = []
-    for s in series:
-        reasons = exclusion_reasons(s)
-        if image_modality(s) == "PT":
-            reasons = ["not a CT"]
-        elif not reasons and frame_of_reference_uid and s.frame_of_reference_uid != frame_of_reference_uid:
-            reasons = ["frame of reference differs from the one requested"]
-        if reasons:
-            decisions[s.key] = _left_out(s, "; ".join(reasons))
-        elif image_modality(s) == "CT":
-            cts.append(s)
-    if not cts:
-        raise NoCTError(f"no usable CT series (found {_summary(series)})", _ordered(decisions, series))
-    cts.sort(key=lambda c: c.n_instances, reverse=True)
-    ties = [c for c in cts if c.n_instances == cts[0].n_instances]
-    if len(ties) > 1:
-        raise AmbiguousSeriesError(f"{len(ties)} CT series cannot be told apart: {_summary(ties)}",
-                                   _ordered(decisions, series))
-    best = cts[0]
-    for c in cts[1:]:
-        decisions[c.key] = _left_out(c, f"fewer slices ({c.n_instances}) than the chosen CT ({best.n_instances})")
-    decisions[best.key] = _chosen(best, "ct", f"usable axial CT with the most slices ({best.n_instances})")
-    return CTSelection(ct=best, decisions=_ordered(decisions, series), warnings=list(scan.warnings))

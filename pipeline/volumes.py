@@ -418,16 +418,6 @@ def read_volume(files: Sequence[str | Path], value_scale: float = 1.0,
     return LoadedVolume(image=image, geometry=geometry)
 
 
-def load_ct_hu(files: Sequence[str | Path]) -> sitk.Image:
-    """CT in Hounsfield units (float32, LPS)."""
-    return read_volume(files, modality="CT").image
-
-
-def load_pet_activity(files: Sequence[str | Path]) -> sitk.Image:
-    """PET in rescaled units (float32, LPS): Bq/ml for Units BQML."""
-    return read_volume(files, modality="PT").image
-
-
 def load_pet_suv(files: Sequence[str | Path], suv_factor: float) -> LoadedVolume:
     """PET in SUV: each slice's rescaled value times `suv_factor`, on the PET's own grid."""
     if not (suv_factor > 0 and math.isfinite(suv_factor)):

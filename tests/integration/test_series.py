@@ -24,7 +24,6 @@ from pipeline.series import (
     SeriesSelection,
     StudyScan,
     scan_study,
-    select_ct,
     select_series,
 )
 
@@ -131,7 +130,6 @@ def test_stripped_headers_group_into_one_ct_series(shared_data: Path) -> None:
     assert any("SOPInstanceUID" in w for w in scan.warnings)
     with pytest.raises(NoPETError, match="no PET series"):
         select_series(scan)
-    assert select_ct(scan).ct is series
 
 
 def test_files_with_any_names_and_non_dicom_files(tmp_path: Path, top_slices: dict[str, list[Path]]) -> None:

@@ -22,8 +22,6 @@ from pipeline.suv import compute_suv_factor
 from pipeline.volumes import (
     UnsupportedImageError,
     describe_geometry,
-    load_ct_hu,
-    load_pet_activity,
     load_pet_suv,
     read_volume,
     resample_to,
@@ -32,6 +30,16 @@ from pipeline.volumes import (
 from tests.dicom_files import files_by_height
 
 ACRIN = "petct/acrin-nsclc-fdg-pet-042"
+
+
+def ct_hu(files):
+    """CT in Hounsfield units, as the pipeline reads it."""
+    return read_volume(files, modality="CT").image
+
+
+def pet_activity(files):
+    """PET in rescaled units (Bq/ml for BQML), as the pipeline reads it."""
+    return read_volume(files, modality="PT").image
 
 
 
@@ -70,7 +78,7 @@ def array(image: sitk.Image) -> np.ndarray:
 
 def test_stripped_jpeg2000_ct_loads_as_one_volume(shared_data: Path) -> None:
     folder = shared_data / "totalsegmentator" / "example_ct_dicom"
-    image = load_ct_hu(sorted(folder.iterdir()))
+    image = ct_hu(sorted(folder.iterdir()))
     assert image.GetSize() == (512, 512, 20)
     assert image.GetSpacing()[0] == pytest.approx(0.977, abs=1e-3)
     assert image.GetSpacing()[1] == pytest.approx(0.977, abs=1e-3)
@@ -83,7 +91,7 @@ def test_stripped_jpeg2000_ct_loads_as_one_volume(shared_data: Path) -> None:
 
 
 def test_ct_orientation_and_lps_origin(ct_top: list[Path]) -> None:
-    image = load_ct_hu(ct_top)
+    image = ct_hu(ct_top)
     assert image.GetDirection() == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1))
     assert image.GetOrigin() == pytest.approx((-250.0, -250.0, 78.0 - 5 * 3.27), abs=0.02)
     assert image.GetSpacing() == pytest.approx((0.976562, 0.976562, 3.27), abs=1e-3)
@@ -101,7 +109,7 @@ def test_pet_per_slice_rescale(pet_top: list[Path]) -> None:
 
 
 def test_pet_suv_scale_applied_per_slice(pet_top: list[Path]) -> None:
-    activity = array(load_pet_activity(pet_top))
+    activity = array(pet_activity(pet_top))
     suv = array(load_pet_suv(pet_top, 4.2111e-4).image)
     np.testing.assert_allclose(suv, activity * 4.2111e-4, rtol=1e-5, atol=1e-6)
 
@@ -124,14 +132,14 @@ def test_flt_dynamic_slice_is_refused_clearly(shared_data: Path) -> None:
     """Slice 2 belongs to a dynamic series: we refuse it (no per-frame SUV), with the reason."""
     path = shared_data / "pet" / "acrin-flt-breast-slice-2.dcm"
     with pytest.raises(UnsupportedImageError, match="dynamic PET"):
-        load_pet_activity([path])
+        pet_activity([path])
 
 
 # ---------------------------------------------------------------- order, duplicates, gaps
 
 
 def test_shuffled_file_order_gives_the_same_volume(ct_top: list[Path], tmp_path: Path) -> None:
-    reference = load_ct_hu(ct_top)
+    reference = ct_hu(ct_top)
     order = list(range(len(ct_top)))
     random.Random(7).shuffle(order)
     shuffled = [ct_top[i] for i in order]
@@ -141,7 +149,7 @@ def test_shuffled_file_order_gives_the_same_volume(ct_top: list[Path], tmp_path:
         ds.InstanceNumber = len(shuffled) - order[i] if i % 2 else order[i] + 100
 
     copies = copy_slices(shuffled, tmp_path, scramble, names)
-    image = load_ct_hu(copies)
+    image = ct_hu(copies)
     assert image.GetOrigin() == reference.GetOrigin()
     assert image.GetSpacing() == reference.GetSpacing()
     np.testing.assert_array_equal(array(image), array(reference))
@@ -150,7 +158,7 @@ def test_shuffled_file_order_gives_the_same_volume(ct_top: list[Path], tmp_path:
 def test_removed_middle_slice_is_a_geometry_error(ct_top: list[Path], tmp_path: Path) -> None:
     copies = copy_slices(ct_top[:2] + ct_top[3:], tmp_path)
     with pytest.raises(GeometryError, match=r"1 missing slice\(s\): a gap of 6\.54 mm"):
-        load_ct_hu(copies)
+        ct_hu(copies)
 
 
 def test_uneven_spacing_is_a_geometry_error(ct_top: list[Path], tmp_path: Path) -> None:
@@ -186,7 +194,7 @@ def test_duplicate_slice_is_kept_once_with_a_warning(ct_top: list[Path], tmp_pat
     assert loaded.image.GetSize()[2] == 6
     assert any("duplicate" in w for w in loaded.warnings)
     assert "duplicate" in caplog.text
-    np.testing.assert_array_equal(array(loaded.image), array(load_ct_hu(ct_top)))
+    np.testing.assert_array_equal(array(loaded.image), array(ct_hu(ct_top)))
 
 
 def test_same_position_at_different_times_is_refused(pet_top: list[Path], tmp_path: Path) -> None:
@@ -198,7 +206,7 @@ def test_same_position_at_different_times_is_refused(pet_top: list[Path], tmp_pa
 
     copies += copy_slices(pet_top[:3], tmp_path / "b", later_frame)
     with pytest.raises(UnsupportedImageError, match="several time points"):
-        load_pet_activity(copies)
+        pet_activity(copies)
 
 
 # ---------------------------------------------------------------- tilt and orientation
@@ -211,7 +219,7 @@ def test_gantry_tilt_is_refused(ct_top: list[Path], tmp_path: Path) -> None:
         ds.ImagePositionPatient = [x, y + i * 3.27 * math.tan(math.radians(15)), z]
 
     with pytest.raises(GeometryError, match="gantry tilt of 15 degrees"):
-        load_ct_hu(copy_slices(ct_top, tmp_path, tilt))
+        ct_hu(copy_slices(ct_top, tmp_path, tilt))
 
 
 def test_positions_not_along_the_normal_are_refused(ct_top: list[Path], tmp_path: Path) -> None:
@@ -222,7 +230,7 @@ def test_positions_not_along_the_normal_are_refused(ct_top: list[Path], tmp_path
         ds.ImagePositionPatient = [x, y + i * 0.5, z]
 
     with pytest.raises(GeometryError, match="not parallel to the slice progression"):
-        load_ct_hu(copy_slices(ct_top, tmp_path, shear))
+        ct_hu(copy_slices(ct_top, tmp_path, shear))
 
 
 def test_non_orthogonal_orientation_is_refused(ct_top: list[Path], tmp_path: Path) -> None:
@@ -230,7 +238,7 @@ def test_non_orthogonal_orientation_is_refused(ct_top: list[Path], tmp_path: Pat
         ds.ImageOrientationPatient = [1, 0, 0, 0.1, 0.995, 0]
 
     with pytest.raises(GeometryError, match="not orthogonal"):
-        load_ct_hu(copy_slices(ct_top, tmp_path, skew))
+        ct_hu(copy_slices(ct_top, tmp_path, skew))
 
 
 def test_oblique_but_regular_series_keeps_its_direction(ct_top: list[Path], tmp_path: Path) -> None:
@@ -243,7 +251,7 @@ def test_oblique_but_regular_series_keeps_its_direction(ct_top: list[Path], tmp_
         ds.ImageOrientationPatient = [*row, *col]
         ds.ImagePositionPatient = [10.0, 20.0, -i * 3.0]
 
-    image = load_ct_hu(copy_slices(ct_top, tmp_path, rotate))
+    image = ct_hu(copy_slices(ct_top, tmp_path, rotate))
     direction = np.array(image.GetDirection()).reshape(3, 3)
     np.testing.assert_allclose(direction[:, 0], row, atol=1e-9)
     np.testing.assert_allclose(direction[:, 1], col, atol=1e-9)
@@ -284,18 +292,18 @@ def test_compressed_transfer_syntaxes_decode_identically(ct_top: list[Path], tmp
         copies = copy_slices(files, tmp_path, lambda _, ds: ds.compress(syntax))
         expected_uid = syntax
     assert pydicom.dcmread(copies[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == expected_uid
-    np.testing.assert_array_equal(array(load_ct_hu(copies)), array(load_ct_hu(files)))
+    np.testing.assert_array_equal(array(ct_hu(copies)), array(ct_hu(files)))
 
 
 def test_multiframe_is_refused(ct_top: list[Path], tmp_path: Path) -> None:
     copies = copy_slices(ct_top[:2], tmp_path, lambda _, ds: setattr(ds, "NumberOfFrames", 2))
     with pytest.raises(UnsupportedImageError, match="multi-frame"):
-        load_ct_hu(copies)
+        ct_hu(copies)
 
 
 def test_wrong_modality_is_refused(pet_top: list[Path]) -> None:
     with pytest.raises(StudyInputError, match="expected CT images, found PT"):
-        load_ct_hu(pet_top)
+        ct_hu(pet_top)
 
 
 @pytest.mark.filterwarnings("ignore:End of file reached")
@@ -304,18 +312,18 @@ def test_unreadable_file_is_a_pipeline_error(ct_top: list[Path], tmp_path: Path,
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(content)
     with pytest.raises(PipelineError):
-        load_ct_hu([*ct_top[:2], bad])
+        ct_hu([*ct_top[:2], bad])
 
 
 def test_missing_position_is_a_geometry_error(ct_top: list[Path], tmp_path: Path) -> None:
     copies = copy_slices(ct_top[:3], tmp_path, lambda i, ds: i == 1 and delattr(ds, "ImagePositionPatient"))
     with pytest.raises(GeometryError, match="ImagePositionPatient"):
-        load_ct_hu(copies)
+        ct_hu(copies)
 
 
 def test_no_files_is_a_pipeline_error() -> None:
     with pytest.raises(PipelineError):
-        load_ct_hu([])
+        ct_hu([])
 
 
 # ---------------------------------------------------------------- resampling
@@ -339,8 +347,8 @@ def test_resample_to_is_linear_and_fills_outside_with_default() -> None:
 
 
 def test_resample_real_pet_onto_ct_grid(ct_top: list[Path], pet_top: list[Path]) -> None:
-    ct = load_ct_hu(ct_top)
-    pet = load_pet_activity(pet_top)
+    ct = ct_hu(ct_top)
+    pet = pet_activity(pet_top)
     on_ct = resample_to(ct, pet)
     assert on_ct.GetSize() == ct.GetSize()
     assert on_ct.GetOrigin() == ct.GetOrigin() and on_ct.GetSpacing() == ct.GetSpacing()
