@@ -84,7 +84,7 @@ RUN /opt/nodestage/venv/bin/pip install --no-cache-dir -q --no-deps . \
  && cd / && rm -rf /opt/nodestage/src \
  && ln -s /opt/nodestage/venv/bin/nodestage /usr/local/bin/nodestage \
  && ln -s /opt/nodestage/venv/bin/totalseg_import_weights /usr/local/bin/totalseg_import_weights \
- && /opt/nodestage/venv/bin/python -c "import torch, pydicom, pynetdicom, highdicom, SimpleITK, nnunetv2, totalsegmentator.python_api, dicomnode.node, pipeline.run" \
+ && /opt/nodestage/venv/bin/python -c "import torch, pydicom, pynetdicom, highdicom, SimpleITK, nnunetv2, totalsegmentator.python_api, dicomnode.app.node, pipeline.run" \
  && nodestage --help >/dev/null
 
 # executable in the repository (COPY keeps the mode)

@@ -17,7 +17,7 @@ Each receiver starts fresh for each repetition, after an os.sync() so that no re
 the previous one's write-back; the figure is the median over --reps of
 500 / (wall time from starting the storescu processes to the last one exiting).
 
-Latency: the demo's set-up (dicomnode.demo: Orthanc routes the study to the node with
+Latency: the demo's set-up (dicomnode.app.demo: Orthanc routes the study to the node with
 POST /modalities/nodestage/store; node stability 5 s, guard 1 s, scans every 0.5 s, one worker,
 clinical mode back to Orthanc), on a `small` and a `full` phantom. Measured from the node's
 last_received of the study to the SEG, SR and SC all visible in Orthanc (polled every 0.1 s),
@@ -45,9 +45,9 @@ sys.path.insert(0, str(PROJECT_ROOT))
 import pydicom  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
-from dicomnode import demo  # noqa: E402
-from dicomnode.config import load_config  # noqa: E402
-from dicomnode.node import Node  # noqa: E402
+from dicomnode.app import demo  # noqa: E402
+from dicomnode.app.config import load_config  # noqa: E402
+from dicomnode.app.node import Node  # noqa: E402
 from pipeline import phantom  # noqa: E402
 from tests.peers import free_port, start_orthanc, stop_orthanc  # noqa: E402
 

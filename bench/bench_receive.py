@@ -32,8 +32,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from dicomnode.config import load_config  # noqa: E402
-from dicomnode.node import Node  # noqa: E402
+from dicomnode.app.config import load_config  # noqa: E402
+from dicomnode.app.node import Node  # noqa: E402
 from pipeline import phantom  # noqa: E402
 from tests.peers import free_port, start_orthanc, stop_orthanc  # noqa: E402
 

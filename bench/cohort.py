@@ -30,7 +30,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from dicomnode.scu import read_ledger  # noqa: E402
+from dicomnode.send.ledger import read_ledger  # noqa: E402
 from pipeline.evaluate.cohort import evaluate_cohort, generate_cohort  # noqa: E402
 from tests.test_node_fixtures import make_config, running_node, storescu, wait_for  # noqa: E402
 

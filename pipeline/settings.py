@@ -2,7 +2,7 @@
 
 One pydantic model per stage, with documented defaults, so a bad value fails at
 start-up with the key named (pydantic's error path), not halfway through a study.
-`dicomnode.config` embeds `PipelineSettings`; `nodestage run` reads it alone.
+`dicomnode.app.config` embeds `PipelineSettings`; `nodestage run` reads it alone.
 """
 
 from __future__ import annotations

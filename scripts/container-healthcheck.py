@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-from dicomnode.config import ConfigError, NodeConfig, load_config
-from dicomnode.scu import client_ssl_context, echo
+from dicomnode.app.config import ConfigError, NodeConfig, load_config
+from dicomnode.send.scu import client_ssl_context, echo
 
 HEALTHCHECK_AET = "HEALTHCHECK"
 DEFAULT_CONFIG = "/etc/nodestage/config.yaml"

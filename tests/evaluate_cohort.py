@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dicomnode.scu import append_ledger, ledger_failure_row, ledger_row
+from dicomnode.send.ledger import append_ledger, ledger_failure_row, ledger_row
 
 REFERENCE = """study_instance_uid,accession_number,cN,pN,pathological_stations,surgery_date
 1.2.1,A1,cN0,pN0,,2026-01-05

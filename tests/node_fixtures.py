@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-from dicomnode.config import NodeConfig, load_config
-from dicomnode.node import Node
+from dicomnode.app.config import NodeConfig, load_config
+from dicomnode.app.node import Node
 from tests.peers import OrthancPeer, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Real DICOM peers for tests: Orthanc as the PACS (dicomnode.orthanc, the demo's own), dcmtk storescu as a sender.
+"""Real DICOM peers for tests: Orthanc as the PACS (dicomnode.app.orthanc, the demo's own), dcmtk storescu as a sender.
 
 Orthanc runs in the foreground on free loopback ports with its storage in a temp
 dir; `OrthancPeer` wraps its REST API. Later tests (the node sending results back,
@@ -11,8 +11,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from dicomnode.orthanc import Orthanc as OrthancPeer
-from dicomnode.orthanc import free_port, start_orthanc  # noqa: F401  (re-exported for the tests)
+from dicomnode.app.orthanc import Orthanc as OrthancPeer
+from dicomnode.app.orthanc import free_port, start_orthanc  # noqa: F401  (re-exported for the tests)
 
 
 def stop_orthanc(peer: OrthancPeer) -> None:

@@ -2,7 +2,7 @@
 
 `require_viewer_tools()` fails (never skips) with the install hint when a part is
 missing. `start_stack()` starts Orthanc with DICOMweb and the product's same-origin
-server (dicomnode.viewer); `Browser` opens one OHIF page in a fresh profile and polls
+server (dicomnode.app.viewer); `Browser` opens one OHIF page in a fresh profile and polls
 OHIF's own state (`window.services`, `window.cornerstone`) with timeouts, never fixed
 sleeps. See ENVIRONMENT.md, "A real viewer in a real browser".
 """
@@ -20,8 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from dicomnode.orthanc import DICOMWEB_PLUGIN, ORTHANC_BIN, Orthanc, start_orthanc
-from dicomnode.viewer import INSTALL_HINT, ViewerError, ViewerServer, ohif_dist
+from dicomnode.app.orthanc import DICOMWEB_PLUGIN, ORTHANC_BIN, Orthanc, start_orthanc
+from dicomnode.app.viewer import INSTALL_HINT, ViewerError, ViewerServer, ohif_dist
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

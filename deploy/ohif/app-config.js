@@ -4,7 +4,7 @@
 // nodestage's results (SEG, SR, the summary SC) arrive in the same study; open the study and
 // load the SEG series to see the staged nodes.
 // The one OHIF configuration: `nodestage demo --viewer` and the viewer tests serve this file too
-// (dicomnode/viewer.py, same-origin proxy in place of nginx; tests/integration/test_viewer_ohif.py).
+// (dicomnode/app/viewer.py, same-origin proxy in place of nginx; tests/integration/test_viewer_ohif.py).
 window.config = {
   routerBasename: '/',
   extensions: [],

@@ -1,4 +1,4 @@
-"""The node's ``ledger.csv`` (dicomnode.scu.LEDGER_COLUMNS), one row per study version.
+"""The node's ``ledger.csv`` (dicomnode.send.ledger.LEDGER_COLUMNS), one row per study version.
 
 Older ledgers have no ``status`` column (every row was a success) and no
 equivocal columns (the equivocal-as-positive reading is then not available);

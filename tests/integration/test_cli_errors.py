@@ -70,7 +70,7 @@ def test_status_without_a_config_needs_no_allow_list_and_says_the_node_is_not_ru
 
 def test_echo_to_the_node_itself_uses_an_allowed_calling_ae(tmp_path):
     path = write_config(tmp_path)
-    from dicomnode.config import load_config
+    from dicomnode.app.config import load_config
 
     cfg = load_config(path, environ={})
     with running_node(cfg) as node:
@@ -95,7 +95,7 @@ def test_version_help_and_readable_json():
 
 
 def test_every_subcommand_and_argument_has_help():
-    from dicomnode.cli import build_parser
+    from dicomnode.app.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.orthanc import ORTHANC_BIN, free_port
-from dicomnode.orthanc import Orthanc as OrthancPeer
+from dicomnode.app.orthanc import ORTHANC_BIN, free_port
+from dicomnode.app.orthanc import Orthanc as OrthancPeer
 from tests.peers import storescu
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.network]

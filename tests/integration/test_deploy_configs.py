@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dicomnode.config import NodeConfig, load_config
+from dicomnode.app.config import NodeConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicomnode.scu import read_ledger
-from dicomnode.studies import FAILED
+from dicomnode.index.studies import FAILED
+from dicomnode.send.ledger import read_ledger
 from pipeline.evaluate import compute_metrics
 from tests.node_fixtures import make_config, running_node, small_study, storescu, study_row, wait_for  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""What the SCP reads from a received instance before it answers (dicomnode.instance_bytes): pure, no network."""
+"""What the SCP reads from a received instance before it answers (dicomnode.receive.instance_bytes): pure, no network."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomnode.instance_bytes import UndecodableError, file_meta_bytes, parse_header
+from dicomnode.receive.instance_bytes import UndecodableError, file_meta_bytes, parse_header
 
 ACRIN_CT = "petct/acrin-nsclc-fdg-pet-042/CT_0002_CT_IMAGES"
 RLE_LOSSLESS = pydicom.uid.RLELossless

@@ -1,4 +1,4 @@
-"""The native acceptor (dicomnode.ul_server) on the wire: real senders, and a raw socket for what they never do.
+"""The native acceptor (dicomnode.receive.ul_server) on the wire: real senders, and a raw socket for what they never do.
 
 The raw client builds its A-ASSOCIATE-RQ with pynetdicom's encoder and its
 command sets with pydicom, so the node is never checked against its own codec.
@@ -16,7 +16,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelFind, Verification
 
-from dicomnode import ul_pdu as pdu
+from dicomnode.receive import ul_pdu as pdu
 from tests.node_fixtures import counts, make_config, pynetdicom_store, running_node, small_study, storescu  # noqa: F401
 from tests.unit.test_ul_codec import _command_bytes, _pynetdicom_rq
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomnode.scu import read_ledger
-from dicomnode.studies import DONE
+from dicomnode.index.studies import DONE
+from dicomnode.send.ledger import read_ledger
 from tests.peers import free_port, start_orthanc, stop_orthanc, storescu as storescu_to
 from tests.node_fixtures import make_config, running_node, study_row, wait_for
 
@@ -179,8 +179,8 @@ def _identifiers(folder: Path) -> set[str]:
 
 @pytest.mark.parametrize("use_orthanc", [True, False], ids=["orthanc", "pynetdicom-pacs"])
 def test_demo_runs_the_whole_flow(tmp_path, use_orthanc):
-    from dicomnode.commands import demo
-    from dicomnode.demo import run_demo
+    from dicomnode.app.commands import demo
+    from dicomnode.app.demo import run_demo
 
     lines: list[str] = []
     if use_orthanc:

@@ -10,8 +10,8 @@ import urllib.request
 import pydicom
 import pytest
 
-from dicomnode.commands import reprocess, status
-from dicomnode.studies import READY, RECEIVING
+from dicomnode.app.commands import reprocess, status
+from dicomnode.index.studies import READY, RECEIVING
 from tests.peers import free_port
 from tests.node_fixtures import (make_config, running_node, small_study, storescu, study_row,  # noqa: F401
                                       wait_for, write_config)
@@ -47,7 +47,7 @@ def test_no_phi_and_no_uids_in_logs_at_info(tmp_path, small_study, caplog):
 
 def test_status_reports_states_queue_and_errors(tmp_path, small_study):
     path = write_config(tmp_path)
-    from dicomnode.config import load_config
+    from dicomnode.app.config import load_config
 
     cfg = load_config(path, environ={})
     assert "no index" in status(path)["error"]

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomnode.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
-from dicomnode.storage import safe_name
-from dicomnode.studies import READY, RECEIVING
+from dicomnode.index.storage import safe_name
+from dicomnode.index.studies import READY, RECEIVING
+from dicomnode.receive.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 from tests.peers import free_port
 from tests.node_fixtures import (counts, deep_merge, make_config, pynetdicom_store, running_node,  # noqa: F401
                                       small_study, storescu, study_row)
@@ -190,7 +190,7 @@ def test_other_storage_classes_are_accepted_and_ignored(engine, tmp_path, small_
 def test_echo_and_tcp_nodelay_on_accepted_sockets(engine, tmp_path):
     import socket
 
-    from dicomnode.commands import echo
+    from dicomnode.app.commands import echo
 
     cfg = engine_config(engine, tmp_path)
     with running_node(cfg) as node:

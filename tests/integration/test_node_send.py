@@ -10,9 +10,11 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomnode.commands import status
-from dicomnode.scu import LEDGER_COLUMNS, Outbox, SendError, append_ledger, echo, ledger_row, read_ledger, send_files
-from dicomnode.studies import DONE
+from dicomnode.app.commands import status
+from dicomnode.index.studies import DONE
+from dicomnode.send.ledger import LEDGER_COLUMNS, append_ledger, ledger_row, read_ledger
+from dicomnode.send.outbox import Outbox
+from dicomnode.send.scu import SendError, echo, send_files
 from tests.peers import free_port, stop_orthanc
 from tests.node_fixtures import (make_config, orthanc_instances, running_node, small_study,  # noqa: F401
                                       start_orthanc_on, wait_for, write_config)
@@ -118,7 +120,7 @@ def test_destination_down_retries_then_failed_send_visible_in_status(outputs, tm
     path = write_config(tmp_path, {"mode": "clinical", "destinations": [
         {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": dead}],
         "retry": {"max_attempts": 3, "initial_delay_seconds": 0.1, "scan_interval_seconds": 0.1}})
-    from dicomnode.config import load_config
+    from dicomnode.app.config import load_config
 
     cfg = load_config(path, environ={})
     with running_node(cfg) as node:

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomnode.scu import read_ledger
-from dicomnode.studies import INCOMPLETE, READY, RECEIVING, StudyTracker
+from dicomnode.index.studies import INCOMPLETE, READY, RECEIVING, StudyTracker
+from dicomnode.send.ledger import read_ledger
 from tests.node_fixtures import (make_config, running_node, small_study, storescu,  # noqa: F401
                                       study_row)
 

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from dicomnode.scu import read_ledger
-from dicomnode.studies import DONE, FAILED, READY
+from dicomnode.index.studies import DONE, FAILED, READY
+from dicomnode.send.ledger import read_ledger
 from tests.peers import free_port
 from tests.node_fixtures import (make_config, running_node, serve_process,  # noqa: F401
                                       small_study, storescu, study_row, wait_for, write_config)
@@ -75,7 +75,7 @@ def test_a_job_left_running_is_requeued_at_start_up(tmp_path, small_study):
     """A node that died mid-job: the next start re-queues the job (here it then times out)."""
     uid = small_study.truth["dicom"]["study_instance_uid"]
     path = write_config(tmp_path, _with({"worker": {"concurrency": 0}}))
-    from dicomnode.config import load_config
+    from dicomnode.app.config import load_config
 
     cfg = load_config(path, environ={})
     with running_node(cfg) as node:
@@ -118,7 +118,7 @@ def test_shutdown_during_a_job_puts_it_back_in_the_queue(tmp_path, small_study):
         pid = wait_for(lambda: _job(node, study_row(node, uid)["id"])["pid"], 5, interval=0.02, what="pid")
     finally:
         node_cm.__exit__(None, None, None)
-    from dicomnode.storage import connect
+    from dicomnode.index.storage import connect
 
     conn = connect(cfg.storage.database, readonly=True)
     study = conn.execute("SELECT * FROM studies WHERE study_uid = ?", (uid,)).fetchone()
@@ -134,7 +134,7 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     path = write_config(tmp_path, {"node": {"port": port}})
     proc = serve_process(path, tmp_path / "serve.log")
     try:
-        from dicomnode.commands import echo
+        from dicomnode.app.commands import echo
 
         wait_for(lambda: echo(f"NODESTAGE@127.0.0.1:{port}", calling_aet="STORESCU")["ok"], 30, interval=0.3,
                  what="the node to answer C-ECHO")
@@ -152,8 +152,8 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
 def test_kill_9_during_a_job_then_restart_loses_nothing(tmp_path, small_study):
     """kill -9 of the node while the pipeline runs: after a restart every instance is there
     and the study reaches a final state (DONE once the pipeline handles the phantom)."""
-    from dicomnode.commands import echo
-    from dicomnode.storage import connect
+    from dicomnode.app.commands import echo
+    from dicomnode.index.storage import connect
 
     uid = small_study.truth["dicom"]["study_instance_uid"]
     port = free_port()
@@ -202,8 +202,8 @@ def test_kill_9_during_a_job_then_restart_loses_nothing(tmp_path, small_study):
 def test_serve_refuses_a_busy_port_or_a_second_node_with_one_line(tmp_path):
     import socket
 
-    from dicomnode.config import ConfigError
-    from dicomnode.commands import serve
+    from dicomnode.app.commands import serve
+    from dicomnode.app.config import ConfigError
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""The native acceptor (dicomnode.ul_server) against hostile peers: issue 13's defects, one test each.
+"""The native acceptor (dicomnode.receive.ul_server) against hostile peers: issue 13's defects, one test each.
 
 Each test reproduces a defect the shipped engine had (memory allocated from declared
 lengths, idle timers instead of deadlines, unbounded negotiating threads, a hot
@@ -20,8 +20,8 @@ import time
 import pydicom
 import pytest
 
-from dicomnode import ul_server
-from dicomnode.storage import safe_name
+from dicomnode.index.storage import safe_name
+from dicomnode.receive import ul_server
 from tests import ul_peer as peer
 from tests.ul_peer import _exchange, _fuzz_case, _reply_types  # noqa: F401
 from tests.node_fixtures import counts, make_config, running_node, small_study, storescu  # noqa: F401
@@ -301,7 +301,7 @@ def ul_threads() -> int:
 def test_accept_errors_back_off_and_log_a_rate_limited_line(tmp_path, caplog):
     """Issue 13 (medium): EMFILE from accept() retried at once, pinning a core and writing 26 MB of
     tracebacks in 10 s. Now it backs off, with one line per interval."""
-    caplog.set_level(logging.WARNING, logger="dicomnode.ul_server")
+    caplog.set_level(logging.WARNING, logger="dicomnode.receive.ul_server")
     with running_node(make_config(tmp_path)) as node:
         server = node.scp.server
         original, calls = server.get_request, []

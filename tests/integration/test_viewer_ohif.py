@@ -1,7 +1,7 @@
 """Our SEG, SR and summary SC in OHIF v3.13.2, in headless Chromium, as a radiologist opens them.
 
 One Orthanc (with DICOMweb) and one same-origin OHIF server per module (tests/viewer.py,
-dicomnode/viewer.py); one fresh browser per test. Everything polls OHIF's own state with
+dicomnode/app/viewer.py); one fresh browser per test. Everything polls OHIF's own state with
 timeouts. Screenshots go to $NODESTAGE_TEST_ARTIFACTS/viewer (else the test's tmp dir).
 
 What OHIF 3.13.2 shows of our TID 1500 SR (measured for issue 16; README "Viewing the
@@ -32,7 +32,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.viewer import viewer_url
+from dicomnode.app.viewer import viewer_url
 from pipeline.outputs import common
 from pipeline.study_result import LesionKind
 from tests.viewer import Browser, colour_mask, poll, require_viewer_tools, start_stack

@@ -26,7 +26,7 @@ from fractions import Fraction as F
 
 import pytest
 
-from dicomnode.cli import main
+from dicomnode.app.cli import main
 from pipeline.evaluate import compute_metrics, evaluate, metrics
 from tests.evaluate_cohort import LEDGER_RESULTS, REFERENCE, _result, write_cohort  # noqa: F401
 

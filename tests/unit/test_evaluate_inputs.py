@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dicomnode.cli import EXIT_UNPROCESSABLE, main
-from dicomnode.scu import LEDGER_COLUMNS, append_ledger, ledger_failure_row, ledger_row, read_ledger
+from dicomnode.app.cli import EXIT_UNPROCESSABLE, main
+from dicomnode.send.ledger import LEDGER_COLUMNS, append_ledger, ledger_failure_row, ledger_row, read_ledger
 from pipeline.evaluate import compute_metrics
 from pipeline.evaluate.categories import Reading, parse_n, parse_stations
 

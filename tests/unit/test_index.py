@@ -1,5 +1,5 @@
 """The index: schema, numbered migrations, the state vocabularies, and the rule that only
-`dicomnode/index.py` writes SQL."""
+`dicomnode/index/db.py` writes SQL."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode import index as index_module
-from dicomnode.index import (MIGRATIONS, SCHEMA_VERSION, Index, JobState, Migration, SchemaTooNewError, SendState,
+from dicomnode.index import db as index_module
+from dicomnode.index.db import (MIGRATIONS, SCHEMA_VERSION, Index, JobState, Migration, SchemaTooNewError, SendState,
                              StudyState, migrate, schema_version)
-from dicomnode.storage import NodeLockedError, Storage
+from dicomnode.index.storage import NodeLockedError, Storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The schema of the first node (dicomnode/storage.py before migrations existed), frozen here so
+# The schema of the first node (dicomnode/index/storage.py before migrations existed), frozen here so
 # the upgrade path from an index written by that node stays tested whatever later versions do.
 SCHEMA_AS_SHIPPED_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -314,4 +314,4 @@ def test_only_the_index_module_writes_sql():
     assert len(sql_literals(index_path)) > 40  # the pattern finds the statements where they are
     offenders = {str(p.relative_to(ROOT)): hits for p in sorted((ROOT / "dicomnode").rglob("*.py"))
                  if p.resolve() != index_path and (hits := sql_literals(p))}
-    assert offenders == {}, "SQL belongs in dicomnode/index.py"
+    assert offenders == {}, "SQL belongs in dicomnode/index/db.py"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dicomnode.config import ConfigError, NodeConfig, load_config
+from dicomnode.app.config import ConfigError, NodeConfig, load_config
 from pipeline.settings import PipelineSettings, load_pipeline_settings
 
 ROOT = Path(__file__).resolve().parents[2]

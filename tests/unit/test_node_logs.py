@@ -3,15 +3,15 @@
 import json
 import logging
 
-from dicomnode.logs import JsonFormatter, quiet_libraries
+from dicomnode.app.logs import JsonFormatter, quiet_libraries
 
 
 def test_json_log_lines_are_one_object_each():
-    record = logging.LogRecord("dicomnode.scp", logging.WARNING, __file__, 1, "refused %s: %s", ("AE", "é"), None)
+    record = logging.LogRecord("dicomnode.receive.scp", logging.WARNING, __file__, 1, "refused %s: %s", ("AE", "é"), None)
     line = JsonFormatter().format(record)
     assert "\n" not in line
     out = json.loads(line)
-    assert (out["level"], out["logger"], out["message"]) == ("WARNING", "dicomnode.scp", "refused AE: é")
+    assert (out["level"], out["logger"], out["message"]) == ("WARNING", "dicomnode.receive.scp", "refused AE: é")
     assert out["time"].endswith("Z")
 
 

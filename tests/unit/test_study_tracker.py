@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode import studies
-from dicomnode.config import StudySettings
-from dicomnode.index import JobState, StudyState
-from dicomnode.storage import InstanceHeader, Storage
-from dicomnode.studies import DONE, FAILED, FINISHED, READY, RECEIVING, RUNNING, STATES, StudyTracker, Unprocessed
+from dicomnode.app.config import StudySettings
+from dicomnode.index import studies
+from dicomnode.index.db import JobState, StudyState
+from dicomnode.index.storage import InstanceHeader, Storage
+from dicomnode.index.studies import DONE, FAILED, FINISHED, READY, RECEIVING, RUNNING, STATES, StudyTracker, Unprocessed
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 PET = "1.2.840.10008.5.1.4.1.1.128"

@@ -15,8 +15,8 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotifi
                                        P_DATA, SCP_SCU_RoleSelectionNegotiation)
 from pynetdicom.presentation import build_context
 
-from dicomnode import ul_pdu as pdu
-from dicomnode.ul_dimse import C_STORE_RQ, CommandError, decode_command, encode_response
+from dicomnode.receive import ul_pdu as pdu
+from dicomnode.receive.ul_dimse import C_STORE_RQ, CommandError, decode_command, encode_response
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"

@@ -3,7 +3,7 @@
 `Node(config).start()` returns once the node listens; `stop()` shuts it down
 cleanly: stop accepting associations (those in progress finish), stop the
 scheduler, stop the worker (a running job goes back to the queue), close the index.
-`dicomnode.commands.serve` runs it in the foreground until SIGTERM.
+`dicomnode.app.commands.serve` runs it in the foreground until SIGTERM.
 
 Start-up also recovers from a crash: jobs left RUNNING are re-queued, sends
 left SENDING are due again, partial temp files are removed.
@@ -21,17 +21,18 @@ import pydicom.config
 
 from pipeline import __version__
 
-from dicomnode.config import NodeConfig
-from dicomnode.health import readiness
-from dicomnode.logs import quiet_libraries
-from dicomnode.runtime import remove_runtime, write_runtime
-from dicomnode.scheduler import NodeScheduler
-from dicomnode.scp import StoreSCP
-from dicomnode.index import SendState
-from dicomnode.scu import Outbox, append_ledger, ledger_failure_row
-from dicomnode.storage import Storage
-from dicomnode.studies import STATES, StudyTracker, Unprocessed
-from dicomnode.worker import Worker
+from dicomnode.app.config import NodeConfig
+from dicomnode.app.health import readiness
+from dicomnode.app.logs import quiet_libraries
+from dicomnode.app.runtime import remove_runtime, write_runtime
+from dicomnode.index.db import SendState
+from dicomnode.index.storage import Storage
+from dicomnode.index.studies import STATES, StudyTracker, Unprocessed
+from dicomnode.receive.scp import StoreSCP
+from dicomnode.run.scheduler import NodeScheduler
+from dicomnode.run.worker import Worker
+from dicomnode.send.ledger import append_ledger, ledger_failure_row
+from dicomnode.send.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 

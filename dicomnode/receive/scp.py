@@ -36,14 +36,14 @@ import pydicom
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicomnode import scp_pynetdicom
-from dicomnode.config import NodeConfig
-from dicomnode.instance_bytes import (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, UndecodableError,
+from dicomnode.app.config import NodeConfig
+from dicomnode.index.storage import Storage
+from dicomnode.index.studies import StudyTracker, is_kept
+from dicomnode.receive import scp_pynetdicom
+from dicomnode.receive.instance_bytes import (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, UndecodableError,
                                       file_meta_bytes, parse_header)
-from dicomnode.scp_pynetdicom import PynetdicomServer
-from dicomnode.storage import Storage
-from dicomnode.studies import StudyTracker, is_kept
-from dicomnode.ul_server import AcceptorSettings, AssociationServer
+from dicomnode.receive.scp_pynetdicom import PynetdicomServer
+from dicomnode.receive.ul_server import AcceptorSettings, AssociationServer
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One pipeline job, run by the worker in a subprocess (the executor seam of DESIGN.md §2).
 
-    python -m dicomnode.pipeline_job STUDY_DIR OUT_DIR SETTINGS
+    python -m dicomnode.run.pipeline_job STUDY_DIR OUT_DIR SETTINGS
 
 SETTINGS is a JSON file of `PipelineSettings` (what the worker writes), or a
 config.yaml whose ``pipeline:`` section is used. The job reads only STUDY_DIR and
@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from dicomnode.logs import quiet_libraries
+from dicomnode.app.logs import quiet_libraries
 
 REASON_PREFIX = "nodestage-reason: "
 EXIT_UNPROCESSABLE = 2
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3:
-        _reason("usage: python -m dicomnode.pipeline_job STUDY_DIR OUT_DIR SETTINGS")
+        _reason("usage: python -m dicomnode.run.pipeline_job STUDY_DIR OUT_DIR SETTINGS")
         return EXIT_UNPROCESSABLE
     study_dir, out_dir, settings_path = (Path(a) for a in args)
     level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()

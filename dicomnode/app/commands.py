@@ -1,4 +1,4 @@
-"""What `nodestage serve / status / echo / reprocess` do; `dicomnode.cli` parses arguments and prints.
+"""What `nodestage serve / status / echo / reprocess` do; `dicomnode.app.cli` parses arguments and prints.
 
 - `serve(config_path)`: run the node in the foreground until SIGTERM or SIGINT,
   then shut down cleanly; returns the exit status.
@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicomnode.config import ConfigError, NodeConfig, load_config
-from dicomnode.logs import formatter, quiet_libraries
-from dicomnode.runtime import read_runtime
-from dicomnode.index import Index, JobState, SendState, StudyState
+from dicomnode.app.config import ConfigError, NodeConfig, load_config
+from dicomnode.app.logs import formatter, quiet_libraries
+from dicomnode.app.runtime import read_runtime
+from dicomnode.index.db import Index, JobState, SendState, StudyState
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def configure_logging(level: str, fmt: str = "text") -> None:
 
 def serve(config_path: str | Path | None = None, stop_event: threading.Event | None = None) -> int:
     """Run the node until SIGTERM/SIGINT (or `stop_event`); 0 after a clean shutdown."""
-    from dicomnode.node import Node
+    from dicomnode.app.node import Node
 
     config = load_config(config_path)
     configure_logging(config.logging.level, config.logging.format)
@@ -57,7 +57,7 @@ def serve(config_path: str | Path | None = None, stop_event: threading.Event | N
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-    from dicomnode.storage import NodeLockedError
+    from dicomnode.index.storage import NodeLockedError
 
     node = Node(config)
     try:
@@ -156,7 +156,7 @@ def status(config_path: str | Path | None = None, now: float | None = None) -> d
 
 def echo(target: str, calling_aet: str | None = None, config_path: str | Path | None = None) -> dict[str, Any]:
     """C-ECHO ``AE@HOST:PORT``. The calling AE is `calling_aet`, else the config's, else NODESTAGE."""
-    from dicomnode.scu import echo as c_echo, parse_target
+    from dicomnode.send.scu import echo as c_echo, parse_target
 
     ae, host, port = parse_target(target)
     settings = None
@@ -177,8 +177,8 @@ def echo(target: str, calling_aet: str | None = None, config_path: str | Path | 
 
 def reprocess(config_path: str | Path | None, study: str) -> dict[str, Any]:
     """Queue a study again by its index number or StudyInstanceUID; a running node picks it up."""
-    from dicomnode.storage import Storage
-    from dicomnode.studies import StudyTracker
+    from dicomnode.index.storage import Storage
+    from dicomnode.index.studies import StudyTracker
 
     config = load_config(config_path)
     storage = Storage(config.storage.database, config.storage.spool_dir, fsync=config.storage.fsync, lock=False)
@@ -199,6 +199,6 @@ def demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", out_
     """The main job: Orthanc routes a study (a phantom by default) to the node and gets the results back.
 
     `progress(line)` is called with one human line per step (the CLI prints them)."""
-    from dicomnode.demo import run_demo
+    from dicomnode.app.demo import run_demo
 
     return run_demo(study_dir, case, out_dir, progress or (lambda line: None), viewer=viewer)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dicomnode.config import StudySettings
-from dicomnode.index import FINISHED_STUDY_STATES, JobState, Row, StudyState
-from dicomnode.storage import InstanceHeader, Storage
+from dicomnode.app.config import StudySettings
+from dicomnode.index.db import FINISHED_STUDY_STATES, JobState, Row, StudyState
+from dicomnode.index.storage import InstanceHeader, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def kill_orphan(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
-    if b"dicomnode.pipeline_job" not in cmdline:
+    if b"dicomnode.run.pipeline_job" not in cmdline:
         return False
     try:
         os.killpg(pid, signal.SIGKILL)

@@ -19,9 +19,9 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
-from dicomnode.storage import InstanceHeader
-from dicomnode.studies import is_kept
-from dicomnode.ul_dimse import is_valid_uid
+from dicomnode.index.storage import InstanceHeader
+from dicomnode.index.studies import is_kept
+from dicomnode.receive.ul_dimse import is_valid_uid
 
 # Under the same UID root as the phantom's implementation UID (pipeline/phantom_dicom.py)
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1496.2"

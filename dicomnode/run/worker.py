@@ -3,7 +3,7 @@
 For a job the worker
 1. snapshots the study's CT/PET instances into ``<work>/job-<id>/study/`` (hard
    links: instances that arrive meanwhile do not change what this version sees);
-2. runs ``python -m dicomnode.pipeline_job STUDY OUT SETTINGS`` in its own
+2. runs ``python -m dicomnode.run.pipeline_job STUDY OUT SETTINGS`` in its own
    process group, with OUT = ``<archive>/<study>/v<version>/`` and its log in
    OUT/pipeline.log;
 3. on success reads OUT/result.json, queues the DICOM outputs in the outbox (and
@@ -15,7 +15,7 @@ A job stopped by a node shutdown goes back to the queue; a pipeline killed by a 
 from outside (the OOM killer, an operator) is retried up to ``worker.max_restarts``
 times; jobs found RUNNING at start-up (a crash) are re-queued by
 `StudyTracker.requeue_interrupted`. Where the pipeline process runs is the
-`Executor`'s business (`dicomnode.executor`).
+`Executor`'s business (`dicomnode.run.executor`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from dicomnode import pipeline_job
-from dicomnode.config import NodeConfig
-from dicomnode.executor import Executor, LocalSubprocessExecutor, PipelineRun
-from dicomnode.index import JobState
-from dicomnode.scu import Outbox, append_ledger, ledger_failure_row, ledger_row
-from dicomnode.storage import Storage, safe_name
-from dicomnode.studies import DONE, FAILED, Job, StudyTracker
+from dicomnode.app.config import NodeConfig
+from dicomnode.index.db import JobState
+from dicomnode.index.storage import Storage, safe_name
+from dicomnode.index.studies import DONE, FAILED, Job, StudyTracker
+from dicomnode.run import pipeline_job
+from dicomnode.run.executor import Executor, LocalSubprocessExecutor, PipelineRun
+from dicomnode.send.ledger import append_ledger, ledger_failure_row, ledger_row
+from dicomnode.send.outbox import Outbox
 from pipeline.job_result import JobResult
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicomnode.config import NodeConfig
-from dicomnode.scu import Outbox
-from dicomnode.storage import Storage
-from dicomnode.studies import StudyTracker
+from dicomnode.app.config import NodeConfig
+from dicomnode.index.storage import Storage
+from dicomnode.index.studies import StudyTracker
+from dicomnode.send.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ class NodeSettings(_Section):
     host: str = Field(default="127.0.0.1", description="address to listen on; 0.0.0.0 for every interface")
     port: int = Field(default=11112, ge=0, le=65535, description="DICOM port; 0 picks a free port (tests)")
     engine: Literal["native", "pynetdicom"] = Field(
-        default="native", description="receive engine: native (dicomnode.ul_server, fast) or pynetdicom (fallback)")
+        default="native", description="receive engine: native (dicomnode.receive.ul_server, fast) or pynetdicom (fallback)")
     require_called_aet: bool = Field(default=False, description="refuse associations whose called AE is not ae_title")
     max_associations: int = Field(default=16, ge=1, description="concurrent incoming associations")
     max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we accept, bytes; 0 = unlimited")

@@ -61,11 +61,11 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomnode.ul_dimse import is_valid_uid
-from dicomnode.ul_server import NEGOTIATION_EVICT_AGE_S, address_allowed, printable
+from dicomnode.receive.ul_dimse import is_valid_uid
+from dicomnode.receive.ul_server import NEGOTIATION_EVICT_AGE_S, address_allowed, printable
 
 if TYPE_CHECKING:
-    from dicomnode.scp import StoreSCP
+    from dicomnode.receive.scp import StoreSCP
 
 logger = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from dicomnode import ul_pdu as pdu
-from dicomnode.ul_dimse import (C_ECHO_RQ, C_STORE_RQ, STATUS_SOP_CLASS_NOT_SUPPORTED,
+from dicomnode.receive import ul_pdu as pdu
+from dicomnode.receive.ul_dimse import (C_ECHO_RQ, C_STORE_RQ, STATUS_SOP_CLASS_NOT_SUPPORTED,
                                 STATUS_UNRECOGNIZED_OPERATION, CommandError, decode_command, encode_response,
                                 is_valid_uid)
 

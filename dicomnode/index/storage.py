@@ -1,4 +1,4 @@
-"""The spool of received instances, and the node's handle on its index (`dicomnode.index`).
+"""The spool of received instances, and the node's handle on its index (`dicomnode.index.db`).
 
 Spool layout: ``<spool>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``,
 each file written to ``<spool>/.incoming/`` first, then renamed into place and
@@ -6,11 +6,11 @@ fsynced with its folder (per config) before the sender gets 0x0000. UIDs that ar
 safe as file names are replaced by a hash.
 
 The index (one SQLite database in WAL mode: schema, migrations, every statement)
-is `dicomnode.index`; `Storage` opens it as `storage.index`. A lock file next to the
+is `dicomnode.index.db`; `Storage` opens it as `storage.index`. A lock file next to the
 database keeps a second node off the same index.
 
-This module knows files; the tables are `dicomnode.index`', the study states and
-their transitions `dicomnode.studies`'.
+This module knows files; the tables are `dicomnode.index.db`', the study states and
+their transitions `dicomnode.index.studies`'.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from dicomnode.index import FINISHED_STUDY_STATES, Index, Statements, connect  # noqa: F401 (connect: tools, tests)
+from dicomnode.index.db import FINISHED_STUDY_STATES, Index, Statements, connect  # noqa: F401 (connect: tools, tests)
 
 logger = logging.getLogger(__name__)
 

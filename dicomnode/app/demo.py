@@ -7,7 +7,7 @@ the node, uploads the study to Orthanc and has Orthanc route it to the node with
 ``POST /modalities/nodestage/store``, waits until the SEG, SR and SC are back in
 the PACS, and stops everything. `progress` receives one human line per step.
 With `viewer=True` Orthanc runs with DICOMweb and, once the results are back, OHIF
-(dicomnode.viewer) serves the study until Ctrl-C (SIGINT) or SIGTERM.
+(dicomnode.app.viewer) serves the study until Ctrl-C (SIGINT) or SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import pydicom
 
-from dicomnode.config import NodeConfig
-from dicomnode.index import FINISHED_STUDY_STATES, JobState, StudyState
-from dicomnode.orthanc import ORTHANC_BIN, Orthanc, OrthancError, free_port, start_orthanc
+from dicomnode.app.config import NodeConfig
+from dicomnode.app.orthanc import ORTHANC_BIN, Orthanc, OrthancError, free_port, start_orthanc
+from dicomnode.index.db import FINISHED_STUDY_STATES, JobState, StudyState
 from pipeline.job_result import JobResult
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
@@ -117,7 +117,7 @@ def run_demo(study_dir: str | Path | None = None, case: str = "n2b_right_4r_7", 
     """Run the whole flow once and return what happened (N stage, stations, where the outputs are).
 
     `viewer`: keep Orthanc up after the run and serve the study in OHIF until interrupted."""
-    from dicomnode.node import Node
+    from dicomnode.app.node import Node
 
     if viewer:
         _check_viewer_tools()
@@ -244,8 +244,8 @@ def _arrived(pacs: Orthanc | StoragePeer, study_uid: str) -> set[str]:
 
 
 def _check_viewer_tools() -> None:
-    from dicomnode.orthanc import DICOMWEB_PLUGIN
-    from dicomnode.viewer import INSTALL_HINT, ViewerError, ohif_dist
+    from dicomnode.app.orthanc import DICOMWEB_PLUGIN
+    from dicomnode.app.viewer import INSTALL_HINT, ViewerError, ohif_dist
 
     try:
         ohif_dist()
@@ -265,7 +265,7 @@ def _seg_series_uid(pacs: Orthanc, study_uid: str) -> str | None:
 
 def _serve_viewer(pacs: Orthanc, study_uid: str, progress: Callable[[str], None]) -> None:
     """Serve OHIF over the PACS until SIGINT (Ctrl-C) or SIGTERM; the caller then stops the PACS."""
-    from dicomnode.viewer import ViewerServer, viewer_url
+    from dicomnode.app.viewer import ViewerServer, viewer_url
 
     server = ViewerServer(pacs.url).start()
     stop = threading.Event()

@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.settings import PipelineSettings
 
 if TYPE_CHECKING:
-    from dicomnode.node import Node
+    from dicomnode.app.node import Node
 
 
 @dataclass(frozen=True)

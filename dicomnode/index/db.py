@@ -2,7 +2,7 @@
 
 It owns the schema, its numbered migrations, the state vocabularies (`StudyState`,
 `JobState`, `SendState`) and one typed method per statement. The state machine
-(`dicomnode.studies`), the outbox (`dicomnode.scu.Outbox`), the worker and the
+(`dicomnode.index.studies`), the outbox (`dicomnode.send.outbox.Outbox`), the worker and the
 commands call these methods; none of them writes SQL, so a change of a table is
 made, and reviewed, here (a unit test greps `dicomnode/` to keep it so).
 
@@ -401,7 +401,7 @@ class Statements:
 
     def insert_instance(self, header: Any, study_id: int, path: str | None, size: int, kept: bool, now: float,
                         calling_aet: str) -> None:
-        """`header` is a `dicomnode.storage.InstanceHeader`."""
+        """`header` is a `dicomnode.index.storage.InstanceHeader`."""
         self.conn.execute(
             "INSERT INTO instances(sop_uid, study_id, series_uid, sop_class, path, size, kept, "
             "first_received, last_received, times_received, calling_aet) "

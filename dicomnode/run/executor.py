@@ -1,7 +1,7 @@
 """Where a pipeline run executes: the seam between the worker's job bookkeeping and a process.
 
 The worker decides *which* job runs and what its outcome means for the study; an `Executor`
-only runs ``python -m dicomnode.pipeline_job STUDY OUT SETTINGS`` somewhere and reports how it
+only runs ``python -m dicomnode.run.pipeline_job STUDY OUT SETTINGS`` somewhere and reports how it
 ended. `LocalSubprocessExecutor` runs it as a child process group on this machine; the
 scale-out work adds executors that run it elsewhere, behind the same interface.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from dicomnode import pipeline_job
+from dicomnode.run import pipeline_job
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class LocalSubprocessExecutor:
         self._lock = threading.Lock()
 
     def execute(self, run: PipelineRun, on_started: Callable[[int], None] | None = None) -> RunOutcome:
-        cmd = [run.python or sys.executable, "-m", "dicomnode.pipeline_job", str(run.study_dir), str(run.out_dir),
+        cmd = [run.python or sys.executable, "-m", "dicomnode.run.pipeline_job", str(run.study_dir), str(run.out_dir),
                str(run.settings_path)]
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    **{pipeline_job.LOG_LEVEL_ENV: run.log_level, pipeline_job.PARENT_PID_ENV: str(os.getpid())})
