@@ -16,6 +16,7 @@ from dicomnode.receive.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOUR
 from tests.peers import free_port
 from tests.node_fixtures import (counts, deep_merge, make_config, pynetdicom_store, running_node,  # noqa: F401
                                       small_study, storescu, study_row)
+from tests.pki import make_pki
 
 pytestmark = pytest.mark.network
 
@@ -213,32 +214,19 @@ def test_echo_and_tcp_nodelay_on_accepted_sockets(engine, tmp_path):
 def test_tls_echo_and_store(engine, tmp_path, small_study):
     """Optional TLS: a client with a certificate from our CA is served; a plain connection is not."""
     import ssl
-    import subprocess
 
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage, Verification
 
-    d = tmp_path / "pki"
-    d.mkdir()
-
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=test-ca")
-    for name in ("node", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2")
+    pki = make_pki(tmp_path / "pki")
     cfg = engine_config(engine, tmp_path, {"security": {"tls": {
-        "enabled": True, "certificate": str(d / "node.pem"), "private_key": str(d / "node.key"),
-        "ca_certificate": str(d / "ca.pem")}}})
+        "enabled": True, "certificate": str(pki["node.pem"]), "private_key": str(pki["node.key"]),
+        "ca_certificate": str(pki["ca.pem"])}}})
     ct = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))[:1]
     with running_node(cfg) as node:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(d / "ca.pem"))
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca.pem"]))
         ctx.check_hostname = False
-        ctx.load_cert_chain(str(d / "client.pem"), str(d / "client.key"))
+        ctx.load_cert_chain(str(pki["client.pem"]), str(pki["client.key"]))
         ae = AE(ae_title="PYNETDICOM")
         ae.add_requested_context(Verification)
         ae.add_requested_context(CTImageStorage)

@@ -29,6 +29,7 @@ from tests import ul_peer as peer
 from tests.peers import start_orthanc, stop_orthanc
 from tests.node_fixtures import (counts, deep_merge, make_config, running_node, small_study,  # noqa: F401
                                       storescu)
+from tests.pki import make_pki
 
 pytestmark = pytest.mark.network
 
@@ -366,25 +367,6 @@ def test_data_before_association_is_refused(engine, tmp_path, small_study):
         _node_still_serves(node, cfg, _ct(small_study)[:3])
 
 
-def _pki(folder: Path) -> dict:
-    """A test CA, and node and client certificates it signed (openssl)."""
-    import subprocess
-
-    folder.mkdir()
-
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=test-ca")
-    for name in ("node", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2")
-    return {name: folder / name for name in ("ca.pem", "node.pem", "node.key", "client.pem", "client.key")}
-
-
 def test_idle_tls_handshakes_block_no_other_tls_sender(engine, tmp_path, small_study):
     """Issue 13: pynetdicom handshook in its accept loop, so one idle TLS socket held every TLS sender."""
     import ssl
@@ -392,7 +374,7 @@ def test_idle_tls_handshakes_block_no_other_tls_sender(engine, tmp_path, small_s
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage, Verification
 
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     acse = 2.0
     cfg = engine_config(engine, tmp_path / "node", {"node": {"acse_timeout_s": acse}, "security": {"tls": {
         "enabled": True, "certificate": str(pki["node.pem"]), "private_key": str(pki["node.key"]),

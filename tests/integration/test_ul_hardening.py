@@ -25,6 +25,7 @@ from dicomnode.receive import ul_server
 from tests import ul_peer as peer
 from tests.ul_peer import _exchange, _fuzz_case, _reply_types  # noqa: F401
 from tests.node_fixtures import counts, make_config, running_node, small_study, storescu  # noqa: F401
+from tests.pki import make_pki
 
 pytestmark = pytest.mark.network
 
@@ -184,25 +185,6 @@ def test_a_large_data_set_on_a_slow_link_is_not_cut_by_the_dimse_deadline(tmp_pa
         assert stored.read_bytes().endswith(data)
 
 
-def _pki(folder) -> dict:
-    """A test CA, and node and client certificates it signed (openssl)."""
-    import subprocess
-
-    folder.mkdir()
-
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=test-ca")
-    for name in ("node", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2")
-    return {name: folder / name for name in ("ca.pem", "node.pem", "node.key", "client.pem", "client.key")}
-
-
 def test_tls_handshakes_that_never_finish_are_cut_at_the_acse_deadline_and_block_no_one(tmp_path):
     """Held before this rework too (CPython bounds a whole handshake by the socket timeout); kept as a
     guard now that the handshake runs under the association-setup deadline."""
@@ -211,7 +193,7 @@ def test_tls_handshakes_that_never_finish_are_cut_at_the_acse_deadline_and_block
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     acse = 1.5
     cfg = make_config(tmp_path, {"node": {"acse_timeout_s": acse}, "security": {"tls": {
         "enabled": True, "certificate": str(pki["node.pem"]), "private_key": str(pki["node.key"]),
