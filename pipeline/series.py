@@ -386,21 +386,14 @@ def scan_study(folder: str | Path) -> StudyScan:
         group = groups.get(series_key)
         if group is None:
             group = groups[series_key] = {
-                "header": ds, "study_key": study_key, "sop_class": sop_class,
+                "fields": _series_fields(ds), "study_key": study_key, "sop_class": sop_class,
                 "synthetic": synthetic_series, "instances": {},
             }
         if sop_uid in group["instances"]:
             counts["duplicate_sop"] += 1
             logger.debug("duplicate SOP instance %s in %s; keeping the first file", sop_uid, path.name)
             continue
-        group["instances"][sop_uid] = InstanceInfo(
-            path=path,
-            sop_instance_uid=sop_uid,
-            instance_number=_int(ds, "InstanceNumber"),
-            position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
-            orientation=_floats(ds, "ImageOrientationPatient", 6),
-            number_of_frames=_int(ds, "NumberOfFrames") or 1,
-        )
+        group["instances"][sop_uid] = InstanceInfo(path=path, sop_instance_uid=sop_uid, **_instance_fields(ds))
 
     if counts["no_study_uid"]:
         warnings.append(f"{counts['no_study_uid']} instances have no StudyInstanceUID; "
@@ -432,29 +425,99 @@ def scan_study(folder: str | Path) -> StudyScan:
                      n_dicom=n_dicom, warnings=warnings)
 
 
+def _series_fields(ds: Dataset) -> dict[str, Any]:
+    """The series-level attributes that the selection rules read, from one header."""
+    return {
+        "series_instance_uid": _text(ds, "SeriesInstanceUID"),
+        "modality": _text(ds, "Modality").upper(),
+        "description": " ".join(_text(ds, "SeriesDescription").split()),  # one line
+        "series_number": _int(ds, "SeriesNumber"),
+        "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
+        "image_type": _strings(ds, "ImageType"),
+        "corrected_image": _strings(ds, "CorrectedImage"),
+        "units": _text(ds, "Units").upper(),
+        "series_type": _strings(ds, "SeriesType"),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "pixel_spacing": _floats(ds, "PixelSpacing", 2),
+    }
+
+
+def _instance_fields(ds: Dataset) -> dict[str, Any]:
+    return {
+        "instance_number": _int(ds, "InstanceNumber"),
+        "position": _floats(ds, "ImagePositionPatient", 3),
+        "orientation": _floats(ds, "ImageOrientationPatient", 6),
+        "number_of_frames": _int(ds, "NumberOfFrames") or 1,
+    }
+
+
 def _series_info(key: str, group: dict[str, Any]) -> SeriesInfo:
-    ds: Dataset = group["header"]
-    spacing = _floats(ds, "PixelSpacing", 2)
-    description = " ".join(_text(ds, "SeriesDescription").split())  # one line
     return SeriesInfo(
         key=key,
         study_key=group["study_key"],
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        modality=_text(ds, "Modality").upper(),
         sop_class_uid=group["sop_class"],
-        description=description,
-        series_number=_int(ds, "SeriesNumber"),
-        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        image_type=_strings(ds, "ImageType"),
-        corrected_image=_strings(ds, "CorrectedImage"),
-        units=_text(ds, "Units").upper(),
-        series_type=_strings(ds, "SeriesType"),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        pixel_spacing=spacing,  # type: ignore[arg-type]
         instances=tuple(sorted(group["instances"].values(), key=lambda i: str(i.path))),
         synthetic_key=group["synthetic"],
+        **group["fields"],
     )
+
+
+# ---------------------------------------------------------------- the same scan from a receiver's index
+
+SCAN_INFO_VERSION = 1
+_TUPLE_FIELDS = ("image_type", "corrected_image", "series_type", "pixel_spacing", "position", "orientation")
+
+
+def scan_info(ds: Dataset) -> dict[str, Any]:
+    """What `scan_study` reads from one header, JSON-able. A receiver keeps it per instance, so
+    that completeness is judged from its index (`scan_from_index`) without parsing files again."""
+    return {"version": SCAN_INFO_VERSION, **_instance_fields(ds), "series": _series_fields(ds)}
+
+
+def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in fields.items()}
+
+
+@dataclass(frozen=True)
+class IndexedInstance:
+    """One received instance as a receiver's index holds it: the file, its UIDs and its `scan_info`."""
+
+    path: Path
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    info: dict[str, Any]
+
+
+def scan_from_index(folder: str | Path, instances: list[IndexedInstance]) -> StudyScan:
+    """The `StudyScan` that `scan_study(folder)` would give, from the receiver's index instead of the
+    files. A receiver refuses instances without UIDs, so no synthetic key or UID warning arises;
+    each series takes its attributes from its first file in path order, as `scan_study` does."""
+    groups: dict[str, dict[str, Any]] = {}
+    study_keys: list[str] = []
+    for inst in sorted(instances, key=lambda i: str(i.path)):
+        if inst.info.get("version") != SCAN_INFO_VERSION:
+            raise ValueError(f"scan_info version {inst.info.get('version')!r}, expected {SCAN_INFO_VERSION}")
+        if inst.study_instance_uid not in study_keys:
+            study_keys.append(inst.study_instance_uid)
+        group = groups.setdefault(inst.series_instance_uid, {
+            "study_key": inst.study_instance_uid, "sop_class": inst.sop_class_uid, "synthetic": False,
+            "fields": _tuples(inst.info["series"]), "instances": {}})
+        fields = _tuples({k: inst.info[k] for k in ("instance_number", "position", "orientation",
+                                                     "number_of_frames")})
+        group["instances"][inst.sop_instance_uid] = InstanceInfo(
+            path=Path(inst.path), sop_instance_uid=inst.sop_instance_uid, **fields)
+    series = [_series_info(key, g) for key, g in groups.items()]
+    series.sort(key=lambda s: (s.study_key, s.series_number if s.series_number is not None else 1 << 30,
+                               s.modality, s.description, s.key))
+    warnings = []
+    if len(study_keys) > 1:
+        warnings.append(f"the folder holds {len(study_keys)} studies; series are chosen across all of them "
+                        "by frame of reference")
+    return StudyScan(folder=Path(folder), series=series, study_keys=study_keys, n_files=len(instances),
+                     n_dicom=len(instances), warnings=warnings)
 
 
 # ---------------------------------------------------------------- rules

@@ -179,6 +179,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # the status command, retention and the worker look a study's jobs up by (study, version)
     Migration(2, "index jobs by study and version",
               ("CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_id, version)",)),
+    # each header is parsed once, at receive time: completeness reads what selection needs from here
+    Migration(3, "keep each instance's scan_info (pipeline.series.scan_info, JSON)",
+              ("ALTER TABLE instances ADD COLUMN scan_info TEXT",)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -404,20 +407,25 @@ class Statements:
         """`header` is a `dicomnode.index.storage.InstanceHeader`."""
         self.conn.execute(
             "INSERT INTO instances(sop_uid, study_id, series_uid, sop_class, path, size, kept, "
-            "first_received, last_received, times_received, calling_aet) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            "first_received, last_received, times_received, calling_aet, scan_info) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
             (header.sop_uid, study_id, header.series_uid, header.sop_class, path, size, int(kept), now, now,
-             calling_aet))
+             calling_aet, header.scan_info or None))
 
     def update_instance(self, header: Any, study_id: int, path: str | None, size: int, kept: bool, now: float,
                         calling_aet: str) -> None:
         """A resent instance: the latest copy wins; `times_received` counts them."""
         self.conn.execute(
             "UPDATE instances SET study_id = ?, series_uid = ?, sop_class = ?, path = ?, size = ?, "
-            "kept = ?, last_received = ?, times_received = times_received + 1, calling_aet = ? "
+            "kept = ?, last_received = ?, times_received = times_received + 1, calling_aet = ?, scan_info = ? "
             "WHERE sop_uid = ?",
             (study_id, header.series_uid, header.sop_class, path, size, int(kept), now, calling_aet,
-             header.sop_uid))
+             header.scan_info or None, header.sop_uid))
+
+    def kept_instances(self, study_id: int) -> list[Row]:
+        """The study's files on the spool, with what series selection reads of each (`scan_info`)."""
+        return self._all("SELECT sop_uid, series_uid, sop_class, path, scan_info FROM instances "
+                         "WHERE study_id = ? AND kept = 1 AND path IS NOT NULL", (study_id,))
 
     def upsert_series(self, header: Any, study_id: int, kept: bool) -> None:
         """Insert a series on its first instance; later instances only fill missing expected counts."""

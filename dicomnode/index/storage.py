@@ -68,6 +68,7 @@ class InstanceHeader:
     series_number: int | None = None
     number_of_slices: int | None = None
     images_in_acquisition: int | None = None
+    scan_info: str = ""  # JSON of pipeline.series.scan_info: completeness reads it instead of the file
 
 
 class Storage:

@@ -24,13 +24,14 @@ accession number appear at DEBUG only.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from dicomnode.app.config import StudySettings
 from dicomnode.index.db import FINISHED_STUDY_STATES, JobState, Row, StudyState
@@ -110,13 +111,16 @@ def kill_orphan(pid: int) -> bool:
     return True
 
 
-def check_series(study_dir: Path) -> str | None:
-    """None when the folder holds a usable AC PET plus a CT in its frame of reference, else why not."""
+def check_series(study_dir: Path, indexed: list[Any] | None = None) -> str | None:
+    """None when the folder holds a usable AC PET plus a CT in its frame of reference, else why not.
+
+    `indexed` (`pipeline.series.IndexedInstance`s from the index) is what the receiver read of each
+    file; without it (an index written before scan_info was kept) the files are read again."""
     from pipeline.errors import PipelineError
-    from pipeline.series import scan_study, select_series
+    from pipeline.series import scan_from_index, scan_study, select_series
 
     try:
-        select_series(scan_study(study_dir))
+        select_series(scan_from_index(study_dir, indexed) if indexed is not None else scan_study(study_dir))
     except PipelineError as err:
         return str(err)
     except Exception as err:  # a rule crashed on odd data: not complete, say why
@@ -219,6 +223,17 @@ class StudyTracker:
                     pet_whole = True
         return pet_whole and ct_seen
 
+    def _indexed_instances(self, study_id: int, study_uid: str) -> list[Any] | None:
+        """The study's files as the index holds them, or None when any lacks its scan_info."""
+        from pipeline.series import IndexedInstance
+
+        with self.storage.index.read() as q:
+            rows = q.kept_instances(study_id)
+        if any(not r["scan_info"] for r in rows):
+            return None
+        return [IndexedInstance(self.storage.spool_dir / r["path"], r["sop_uid"], study_uid, r["series_uid"],
+                                r["sop_class"], json.loads(r["scan_info"])) for r in rows]
+
     def scan(self, now: float | None = None) -> list[int]:
         """One stability scan: move quiet, usable studies to READY and hopeless ones to INCOMPLETE.
 
@@ -245,7 +260,8 @@ class StudyTracker:
             elif study["checked_count"] == n_kept:
                 reason = study["check_reason"]
             else:
-                reason = check_series(self.storage.study_dir(study["study_uid"]))
+                reason = check_series(self.storage.study_dir(study["study_uid"]),
+                                      self._indexed_instances(sid, study["study_uid"]))
                 with index.tx() as t:
                     t.record_series_check(sid, n_kept, reason)
             if reason is None:

@@ -10,6 +10,7 @@ of the data set exactly as received.
 
 from __future__ import annotations
 
+import json
 import struct
 from io import BytesIO
 from typing import Callable
@@ -22,6 +23,7 @@ from pydicom.filereader import read_dataset
 from dicomnode.index.storage import InstanceHeader
 from dicomnode.index.studies import is_kept
 from dicomnode.receive.ul_dimse import is_valid_uid
+from pipeline.series import scan_info
 
 # Under the same UID root as the phantom's implementation UID (pipeline/phantom_dicom.py)
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1496.2"
@@ -36,7 +38,8 @@ _HEADER_TEXT = {
 _HEADER_TAGS = [tag_for_keyword(k) for k in (
     "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "CorrectedImage",
     "ImageType", "SeriesType", "SeriesNumber", "NumberOfSlices", "ImagesInAcquisition", "Rows", "Columns",
-    "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", *_HEADER_TEXT.values())]
+    "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", *_HEADER_TEXT.values(),
+    "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "Units", "PixelSpacing")]
 _TAGS = {keyword_for_tag(t): t for t in _HEADER_TAGS}
 _US_KEYWORDS = frozenset(("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfSlices"))
 _PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))  # float, double float, pixel data
@@ -126,6 +129,7 @@ def parse_header(meta: bytes, data: bytes | memoryview, transfer_syntax: str | N
             series_number=_int(ds, "SeriesNumber"),
             number_of_slices=_int(ds, "NumberOfSlices"),
             images_in_acquisition=_int(ds, "ImagesInAcquisition"),
+            scan_info=json.dumps(scan_info(ds)),  # parsed once, here: completeness reads it from the index
             **{field: _text(ds, kw) for field, kw in _HEADER_TEXT.items()},
         )
         _check_pixel_data(ds, ts, view, offset, required=is_kept(header.sop_class))

@@ -152,3 +152,37 @@ def test_resent_study_after_processing(tmp_path, small_study, on_resend, expect_
             row = study_row(node, uid)
             assert (row["state"], row["version"]) == (RECEIVING, 2)
             assert node.storage.query_one("SELECT COUNT(*) FROM instances WHERE kept = 1")[0] == 179
+
+
+def test_completeness_reads_the_index_not_the_files(tmp_path, small_study, monkeypatch):
+    """Each header is parsed once, at receive time (issue 13): the stability scan judges the series
+    from the index's scan_info, so no file is read again, and a PET-less study is still refused."""
+    import json
+
+    import pipeline.series
+
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    with running_node(cfg) as node:
+        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
+        row = study_row(node, uid)
+        stored = node.storage.query("SELECT scan_info FROM instances WHERE study_id = ?", (row["id"],))
+        assert len(stored) == len(_files(small_study, "ct")) + len(_files(small_study, "pet"))
+        assert all(json.loads(r["scan_info"])["position"] for r in stored)
+
+        def no_file_reads(path):
+            raise AssertionError(f"completeness read {path} again")
+
+        monkeypatch.setattr(pipeline.series, "read_header", no_file_reads)
+        assert node.tracker.scan(now=row["last_received"] + GUARD + 0.1) == [row["id"]]
+        assert study_row(node, uid)["state"] == READY
+
+
+def test_completeness_from_the_index_refuses_a_study_without_pet(tmp_path, small_study):
+    cfg = make_config(tmp_path, TIMINGS)
+    uid = small_study.truth["dicom"]["study_instance_uid"]
+    with running_node(cfg) as node:
+        assert storescu(_files(small_study, "ct"), node.port).returncode == 0
+        row = study_row(node, uid)
+        assert node.tracker.scan(now=row["last_received"] + STABILITY + 1) == []
+        assert "no PET" in study_row(node, uid)["check_reason"]

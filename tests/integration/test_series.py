@@ -22,7 +22,11 @@ from pipeline.series import (
     NoCTError,
     NoPETError,
     SeriesSelection,
+    IndexedInstance,
     StudyScan,
+    read_header,
+    scan_from_index,
+    scan_info,
     scan_study,
     select_series,
 )
@@ -258,3 +262,29 @@ def test_selection_errors_are_pipeline_errors_with_one_line(small_study: Path) -
     with pytest.raises(PipelineError) as caught:
         select_series(scan_study(small_study))
     assert "\n" not in str(caught.value) and "no PET" in str(caught.value)
+
+
+# ---------------------------------------------------------------- the same scan from a receiver's index
+
+
+def _as_indexed(path: Path) -> IndexedInstance:
+    """What the node's index keeps of one received file (scan_info through JSON, as stored)."""
+    ds = read_header(path)
+    return IndexedInstance(path, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                           str(ds.SOPClassUID), json.loads(json.dumps(scan_info(ds))))
+
+
+def test_scan_from_index_is_the_scan_of_the_files(acrin_scan: StudyScan, shared_data: Path) -> None:
+    """Completeness reads the node's index (issue 13): the same series, instances, geometry and choice."""
+    folder = shared_data / ACRIN
+    indexed = scan_from_index(folder, [_as_indexed(p) for p in sorted(folder.rglob("*.dcm"))])
+    assert indexed.series == acrin_scan.series
+    assert indexed.study_keys == acrin_scan.study_keys and indexed.n_dicom == acrin_scan.n_dicom
+    assert select_series(indexed).to_dict() == select_series(acrin_scan).to_dict()
+
+
+def test_scan_from_index_refuses_an_unknown_scan_info_version(shared_data: Path) -> None:
+    record = _as_indexed(files_by_height(shared_data / ACRIN / "PT_0001_PET_AC")[0])
+    record.info["version"] = 99
+    with pytest.raises(ValueError, match="scan_info version 99"):
+        scan_from_index(shared_data / ACRIN, [record])

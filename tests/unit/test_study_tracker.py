@@ -41,9 +41,11 @@ class SeriesCheck:
     def __init__(self):
         self.reason: str | None = None
         self.calls = 0
+        self.indexed = None
 
-    def __call__(self, study_dir: Path) -> str | None:
+    def __call__(self, study_dir: Path, indexed=None) -> str | None:
         self.calls += 1
+        self.indexed = indexed
         return self.reason
 
 
