@@ -23,7 +23,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 OHIF_VERSION = "3.13.2"
-APP_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "ohif" / "app-config.js"
+APP_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "ohif" / "app-config.js"
 PROXIED_PREFIXES = ("/dicom-web/", "/wado")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "accept-encoding"}
 ISOLATION_HEADERS = {

@@ -23,7 +23,7 @@ from dicomnode.run import pipeline_job
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds dicomnode/ and pipeline/
 
 
 @dataclass(frozen=True)
