@@ -51,7 +51,8 @@ RUN useradd --system --uid "$NODESTAGE_UID" --user-group --home-dir /var/lib/nod
 # leaves the dependency layer below cached, since COPY --from compares content
 FROM runtime AS dependency-list
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
+# with the celery extra: the same image runs the scale-out workers (deploy/docker-compose.yml)
+RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb')); print('\n'.join(p['project']['dependencies'] + p['project']['optional-dependencies']['celery']))" \
       > /tmp/requirements.txt
 
 FROM runtime
@@ -84,7 +85,7 @@ RUN /opt/nodestage/venv/bin/pip install --no-cache-dir -q --no-deps . \
  && cd / && rm -rf /opt/nodestage/src \
  && ln -s /opt/nodestage/venv/bin/nodestage /usr/local/bin/nodestage \
  && ln -s /opt/nodestage/venv/bin/totalseg_import_weights /usr/local/bin/totalseg_import_weights \
- && /opt/nodestage/venv/bin/python -c "import torch, pydicom, pynetdicom, highdicom, SimpleITK, nnunetv2, totalsegmentator.python_api, dicomnode.app.node, pipeline.run" \
+ && /opt/nodestage/venv/bin/python -c "import torch, pydicom, pynetdicom, highdicom, SimpleITK, nnunetv2, totalsegmentator.python_api, dicomnode.app.node, dicomnode.run.celery_app, pipeline.run" \
  && nodestage --help >/dev/null
 
 # executable in the repository (COPY keeps the mode)

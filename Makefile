@@ -24,7 +24,7 @@ $(STAMP): constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,celery]'
 	# pynetdicom installs its own storescu, echoscu, ... apps: with the venv first on PATH they would
 	# hide dcmtk's tools of the same names, which the README and the tests mean.
 	cd $(VENV)/bin && rm -f $(PYNETDICOM_APPS)

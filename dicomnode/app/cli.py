@@ -173,6 +173,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Every study of an archive folder, each once, resumable: OUT/results/<study>/ and OUT/ledger.csv."""
+    from dicomnode.app.batch import BatchOptions, run_batch
+    from dicomnode.app.config import load_config
+
+    _check_out_dir(Path(args.out))
+    config = load_config(args.config, serving=False) if args.config else None
+    settings_json = config.pipeline.model_dump_json() if config is not None else None
+    celery = None
+    max_deliveries = config.executor.celery.max_deliveries if config is not None else 3
+    if args.executor == "celery":
+        from dicomnode.run.celery_app import ENV_BROKER, CelerySettings
+
+        env = CelerySettings.from_env()
+        if config is not None:
+            c = config.executor.celery
+            broker = args.broker or os.environ.get(ENV_BROKER) or c.broker_url
+            celery = CelerySettings(broker, c.backend_url or broker, c.task_time_limit_s, c.visibility_timeout_s)
+        else:
+            broker = args.broker or env.broker_url
+            celery = CelerySettings(broker, broker if args.broker else env.backend_url, env.task_time_limit_s,
+                                    env.visibility_timeout_s)
+    timeout = args.timeout or (config.worker.timeout_seconds if config is not None else None)
+    options = BatchOptions(args.executor, args.workers, timeout or 3600.0, settings_json, celery, max_deliveries,
+                           "DEBUG" if args.log_level == "DEBUG" else "INFO")
+    show = sys.stderr.isatty() or args.progress
+
+    def progress(line: str) -> None:
+        if show:
+            sys.stderr.write(f"[nodestage] batch {line}\n")
+            sys.stderr.flush()
+
+    counts = run_batch(Path(args.archive_dir), Path(args.out), options, on_progress=progress)
+    _print_json({**counts.to_dict(), "ledger": str(Path(args.out) / "ledger.csv"),
+                 "results": str(Path(args.out) / "results"), "executor": args.executor})
+    return 0 if counts.failed == 0 else EXIT_FAILED
+
+
 def cmd_cohort(args: argparse.Namespace) -> int:
     """A synthetic cohort (phantom studies, not patients) with reference.csv and cohort.json, for evaluate."""
     from pipeline.evaluate.cohort import SUBGROUPS, generate_cohort
@@ -318,6 +356,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the kappa interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("batch", help="run every study of an archive folder once (resumable); ledger.csv for evaluate",
+                       description="Walk ARCHIVE_DIR (studies found by StudyInstanceUID), run each study not yet in "
+                                   "OUT/ledger.csv, and write OUT/results/<study>/ and one OUT/ledger.csv row per "
+                                   "study (the node's columns: `nodestage evaluate --ledger OUT/ledger.csv`). "
+                                   "Rerun the same command after an interruption: finished studies are skipped.")
+    p.add_argument("archive_dir", help="a folder of studies (an archive export, a PACS query result)")
+    p.add_argument("--out", required=True, help="output folder: results/, ledger.csv (the batch's state)")
+    p.add_argument("--executor", choices=["local", "celery"], default="local",
+                   help="local: pipeline processes here; celery: Celery workers, queue retro (pip install "
+                        "nodestage[celery]; results on storage the workers share) (default: local)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local: studies at once (default 1); celery: studies queued or running at once (default 64)")
+    p.add_argument("--config", help="config.yaml: its pipeline: section, worker.timeout_seconds and executor.celery")
+    p.add_argument("--broker", help="celery: broker URL (default $NODESTAGE_CELERY_BROKER, else the config's)")
+    p.add_argument("--timeout", type=float, help="seconds one study may run (default: worker.timeout_seconds, 3600)")
+    p.add_argument("--progress", action="store_true", help="progress lines even when stderr is not a terminal")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("cohort", help="a synthetic cohort of phantom studies with reference.csv (cN, pN) for evaluate")
     p.add_argument("out_dir", help="folder for studies/, reference.csv and cohort.json")

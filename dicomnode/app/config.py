@@ -41,6 +41,7 @@ from pipeline.settings import PipelineSettings
 
 ENV_PREFIX = "NODESTAGE__"
 ENV_CONFIG_FILE = "NODESTAGE_CONFIG"
+CELERY_LOCK_MARGIN_S = 10.0  # dicomnode.run.celery_app.LOCK_MARGIN_S (not imported: Celery is optional)
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash, 1-16 chars
 
 
@@ -176,6 +177,33 @@ class WorkerSettings(_Section):
     python: Path | None = Field(default=None, description="interpreter for the pipeline subprocess; default: ours")
 
 
+class CeleryExecutorSettings(_Section):
+    """Where `executor.kind: celery` sends pipeline runs (dicomnode.run.celery_app; pip install nodestage[celery])."""
+
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis of the Celery workers")
+    backend_url: str | None = Field(default=None, description="result backend; null = the broker")
+    max_deliveries: int = Field(default=3, ge=1, description="a study handed out more often (its worker lost each "
+                                                             "time) is FAILED as a poison study")
+    task_time_limit_s: float = Field(default=3600, gt=0, description="hard limit of one study on a worker")
+    visibility_timeout_s: float = Field(
+        default=7200, gt=0, description="Redis redelivers an unacknowledged study after this; > task_time_limit_s")
+    queue_wait_s: float = Field(default=3600, ge=0, description="how long a live study may wait in the queue")
+
+    @model_validator(mode="after")
+    def _visibility(self) -> CeleryExecutorSettings:
+        if self.visibility_timeout_s <= self.task_time_limit_s + CELERY_LOCK_MARGIN_S:
+            raise ValueError(f"visibility_timeout_s must exceed task_time_limit_s by more than "
+                             f"{CELERY_LOCK_MARGIN_S:g} s (else Redis hands a running study to a second worker)")
+        return self
+
+
+class ExecutorSettings(_Section):
+    """Where the pipeline runs: a local subprocess (the default), or Celery workers on other machines."""
+
+    kind: Literal["local", "celery"] = Field(default="local", description="local subprocess or Celery workers")
+    celery: CeleryExecutorSettings = Field(default_factory=CeleryExecutorSettings)
+
+
 class Destination(_Section):
     name: str = Field(description="short name used in the outbox and status")
     ae_title: str
@@ -225,6 +253,7 @@ class NodeConfig(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     studies: StudySettings = Field(default_factory=StudySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     mode: Literal["clinical", "silent"] = Field(
         default="silent", description="clinical: send outputs to destinations; silent: ledger only")
     destinations: list[Destination] = Field(default_factory=list, description="clinical destinations (PACS)")

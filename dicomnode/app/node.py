@@ -29,6 +29,7 @@ from dicomnode.index.db import SendState
 from dicomnode.index.storage import Storage
 from dicomnode.index.studies import STATES, StudyTracker, Unprocessed
 from dicomnode.receive.scp import StoreSCP
+from dicomnode.run.executor import Executor, LocalSubprocessExecutor, kill_orphan
 from dicomnode.run.scheduler import NodeScheduler
 from dicomnode.run.worker import Worker
 from dicomnode.send.ledger import append_ledger, ledger_failure_row
@@ -37,6 +38,18 @@ from dicomnode.send.outbox import Outbox
 logger = logging.getLogger(__name__)
 
 NODE_UMASK = 0o027  # files 0640, folders 0750: no access for other users, no group writes
+
+
+def make_executor(cfg: NodeConfig) -> Executor:
+    """The configured executor: a local subprocess (default), or Celery workers (queue live)."""
+    if cfg.executor.kind == "local":
+        return LocalSubprocessExecutor()
+    from dicomnode.run.celery_app import CelerySettings  # the optional extra: imported only when configured
+    from dicomnode.run.celery_executor import CeleryExecutor
+
+    c = cfg.executor.celery
+    settings = CelerySettings(c.broker_url, c.backend_url or c.broker_url, c.task_time_limit_s, c.visibility_timeout_s)
+    return CeleryExecutor(settings, c.max_deliveries, c.queue_wait_s)
 
 
 class Node:
@@ -76,13 +89,13 @@ class Node:
         try:
             self.outbox = Outbox(cfg, self.storage)
             self.tracker = StudyTracker(self.storage, cfg.studies, on_unprocessed=self._record_unprocessed)
-            requeued = self.tracker.requeue_interrupted(cfg.worker.max_restarts)
+            requeued = self.tracker.requeue_interrupted(cfg.worker.max_restarts, stop_leftover=kill_orphan)
             resent = self.outbox.requeue_interrupted()
             if requeued or resent:
                 logger.info("recovered after a restart: %d jobs re-queued, %d sends due again", requeued, resent)
             self.scheduler = NodeScheduler(cfg, self.storage, self.tracker, self.outbox)
             self.worker = Worker(cfg, self.storage, self.tracker, self.outbox,
-                                 on_outputs_queued=self.scheduler.wake_outbox)
+                                 on_outputs_queued=self.scheduler.wake_outbox, executor=make_executor(cfg))
             self.tracker.on_ready = self.worker.wake
             self.scp = StoreSCP(cfg, self.storage, self.tracker)
             self.scp.start()

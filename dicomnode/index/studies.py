@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,22 +91,6 @@ class Job:
     version: int
     attempts: int
     accession: str
-
-
-def kill_orphan(pid: int) -> bool:
-    """Kill the process group of a pipeline job left by a crashed node (checked by its command line)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    if b"dicomnode.run.pipeline_job" not in cmdline:
-        return False
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        return False
-    logger.warning("killed pipeline process %d left running by a previous node", pid)
-    return True
 
 
 def check_series(study_dir: Path, indexed: list[Any] | None = None) -> str | None:
@@ -353,15 +335,18 @@ class StudyTracker:
             t.requeue_job(job.id, reason)
             t.move_study(job.study_id, job.version, RUNNING, READY, now, keep_reason=True)
 
-    def requeue_interrupted(self, max_restarts: int) -> int:
-        """At start-up: jobs left RUNNING by a crash go back to the queue (or FAILED after too many)."""
+    def requeue_interrupted(self, max_restarts: int, stop_leftover: Callable[[int], object] | None = None) -> int:
+        """At start-up: jobs left RUNNING by a crash go back to the queue (or FAILED after too many).
+
+        `stop_leftover(pid)` stops a pipeline process the crashed node left running (the executor's
+        business, not the index's: `dicomnode.run.executor.kill_orphan`)."""
         now = self.clock()
         n = 0
         ended: list[Unprocessed] = []
         with self.storage.index.tx() as t:
             for row in t.jobs_in_state(JobState.RUNNING):
-                if row["pid"]:
-                    kill_orphan(row["pid"])
+                if row["pid"] and stop_leftover is not None:
+                    stop_leftover(row["pid"])
                 if row["attempts"] > max_restarts:
                     reason = (f"interrupted by a node restart on attempt {row['attempts']}; not retried "
                               f"(worker.max_restarts is {max_restarts})")

@@ -129,3 +129,19 @@ def kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def kill_orphan(pid: int) -> bool:
+    """Kill the process group of a pipeline job left by a crashed node (checked by its command line)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    if b"dicomnode.run.pipeline_job" not in cmdline:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    logger.warning("killed pipeline process %d left running by a previous node", pid)
+    return True

@@ -130,6 +130,7 @@ def test_dockerfile_installs_with_the_makefile_pins():
     assert "-c constraints.txt" in makefile and "-c constraints.txt torch" in text
     assert "-c constraints.txt -r requirements.txt" in text, "pyproject's dependencies, constrained by the lock file"
     assert "['project']['dependencies']" in text
+    assert "['optional-dependencies']['celery']" in text, "the compose's worker runs this image's celery"
     pinned = re.search(r"^torch==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1)
     assert f"torch=={pinned}" in makefile, "the Makefile's torch pin and constraints.txt disagree"
     assert not re.search(r"torch==\d", text), "the Dockerfile must not repeat the torch version"
@@ -227,3 +228,44 @@ def test_prometheus_scrapes_the_node_metrics_port(compose):
     assert targets == [f"nodestage:{node_env['NODESTAGE__METRICS__PORT']}"]
     config = load_config(CONFIGS["clinical"], environ={k: str(v) for k, v in node_env.items()})
     assert config.metrics.port == int(node_env["NODESTAGE__METRICS__PORT"]) and config.metrics.host == "0.0.0.0"
+
+
+# ------------------------------------------------------------------ scale-out (Celery on Redis)
+
+def _celery_app_module(command: list[str] | str) -> str:
+    words = command.split() if isinstance(command, str) else command
+    return words[words.index("-A") + 1]
+
+
+def test_compose_scale_out_adds_redis_and_a_gpu_worker_on_the_node_volume(compose):
+    services = compose["services"]
+    worker, redis = services["worker-gpu0"], services["redis"]
+    for service in (worker, redis):
+        assert service.get("profiles") == ["scale-out"], "a single node must not need Redis or a GPU"
+        assert not service.get("ports"), "the broker and the worker publish nothing"
+    assert worker["image"] == services["nodestage"]["image"], "the worker runs the node's image"
+    command = worker["command"]
+    assert command[0].endswith("/celery") and command[command.index("-c") + 1] == "1"
+    assert set(command[command.index("-Q") + 1].split(",")) == {"live", "retro"}
+    module = _celery_app_module(command)
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+    assert worker["environment"]["NODESTAGE_CELERY_BROKER"].startswith("redis://redis:")
+    # messages carry paths: the worker must see the node's spool at the same path
+    node_data = {t: s for t, s in _mounts(services["nodestage"]).items() if t == "/var/lib/nodestage"}
+    assert node_data and _mounts(worker)["/var/lib/nodestage"] == node_data["/var/lib/nodestage"]
+    device = worker["deploy"]["resources"]["reservations"]["devices"][0]
+    assert "gpu" in device["capabilities"] and device["device_ids"] == [worker["environment"]["CUDA_VISIBLE_DEVICES"]]
+
+
+def test_worker_systemd_template_pins_one_gpu_per_instance():
+    unit = (DEPLOY / "nodestage-worker@.service").read_text()
+    assert "Environment=CUDA_VISIBLE_DEVICES=%i" in unit
+    exec_start = re.search(r"^ExecStart=(.+)$", unit, re.M).group(1)
+    module = _celery_app_module(exec_start)
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+    assert " -c 1 " in exec_start and "%%h" in exec_start, "one study at a time; %h escaped for systemd"
+
+
+def test_compose_ohif_is_the_version_the_viewer_tests_exercise(compose):
+    tested = re.search(r"^OHIF_VERSION=(\S+)$", (ROOT / "scripts/ensure-viewer.sh").read_text(), re.M).group(1)
+    assert compose["services"]["ohif"]["image"] == f"ohif/app:v{tested}"
