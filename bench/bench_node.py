@@ -1,6 +1,7 @@
 """Benchmark (by hand, not a test): the DICOM node's receive throughput and end-to-end latency (issue 7).
 
 Usage: .venv/bin/python bench/bench_node.py [--reps N] [--work DIR] [--skip-throughput] [--skip-latency]
+                                           [--latency-study NAME=DIR ...]
 
 Throughput: 500 CT instances of 512x512 (4 series of 125, made from the CT slices of one
 `--size full` phantom with new UIDs and positions) sent on loopback by dcmtk storescu with
@@ -260,7 +261,8 @@ def throughput(ct500: Path, work: Path, reps: int, only: list[str] | None = None
 
 
 def latency(study_dir: Path, work: Path) -> dict:
-    files = sorted(p for p in (study_dir / "dicom").rglob("*.dcm"))
+    root = study_dir / "dicom" if (study_dir / "dicom").is_dir() else study_dir  # a phantom, or a real study
+    files = sorted(p for p in root.rglob("*.dcm"))
     node_port = free_port()
     pacs = demo.start_pacs(work / "orthanc", node_port)
     node = None
@@ -323,6 +325,9 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--only", action="append", default=None, help="throughput receivers to run (repeatable)")
+    ap.add_argument("--latency-study", action="append", default=None, metavar="NAME=DIR",
+                    help="measure the latency on these studies instead of the small and full phantoms "
+                         "(e.g. acrin=../shared/data/petct/acrin-nsclc-fdg-pet-042; repeatable)")
     args = ap.parse_args()
     keep = args.work is not None
     work = (args.work or Path(tempfile.mkdtemp(prefix="bench-node-"))).resolve()
@@ -351,11 +356,15 @@ def main() -> None:
                     print(f"| {a} | {name} | {r['median_s']:.2f} | {r['inst_per_s']:.0f} | "
                           f"{node_rate / r['inst_per_s']:.2f} | {off_rate / r['inst_per_s']:.2f} |")
         if not args.skip_latency:
-            small = work / "small"
-            if not (small / "truth.json").exists():
-                phantom.generate(small, CASE, "small", seed=0)
+            if args.latency_study:
+                studies = [(name, Path(folder)) for name, _, folder in (s.partition("=") for s in args.latency_study)]
+            else:
+                small = work / "small"
+                if not (small / "truth.json").exists():
+                    phantom.generate(small, CASE, "small", seed=0)
+                studies = [("small", small), ("full", full)]
             lat = {}
-            for size, study in (("small", small), ("full", full)):
+            for size, study in studies:
                 shutil.rmtree(work / f"lat-{size}", ignore_errors=True)
                 lat[size] = latency(study, work / f"lat-{size}")
                 shutil.rmtree(work / f"lat-{size}", ignore_errors=True)

@@ -646,7 +646,8 @@ def compute_suv_factor(header: Any) -> SUVFactor:
         if not low <= timing.uptake_s <= high:
             warnings.append(
                 f"uptake time {timing.uptake_s:.1f} s ({timing.uptake_s / 60:.1f} min) is outside the "
-                f"{low / 60:.0f}-{high / 60:.0f} min window; SUVs are not comparable with standard-protocol scans"
+                f"{low / 60:.0f}-{high / 60:.0f} min window of the QIBA FDG profile; SUVs are not comparable with "
+                "standard-protocol scans (the reading's own window is positivity.uptake_window_min)"
             )
 
     result = SUVFactor(

@@ -526,8 +526,8 @@ def test_uptake_window_warning_only_outside(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level(logging.WARNING, logger="pipeline.suv"):
         late = compute_suv_factor(_basic_header(SeriesTime="111000", AcquisitionTime="111000"))
     assert late.uptake_seconds == 7800
-    assert any("outside the 55-75 min window" in w for w in late.warnings)
-    assert "outside the 55-75 min window" in caplog.text
+    assert any("outside the 55-75 min window of the QIBA FDG profile" in w for w in late.warnings)
+    assert "outside the 55-75 min window of the QIBA FDG profile" in caplog.text
 
 
 # --------------------------------------------------------------------------- ADMIN, GML
