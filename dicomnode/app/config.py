@@ -188,6 +188,9 @@ class CeleryExecutorSettings(_Section):
     visibility_timeout_s: float = Field(
         default=7200, gt=0, description="Redis redelivers an unacknowledged study after this; > task_time_limit_s")
     queue_wait_s: float = Field(default=3600, ge=0, description="how long a live study may wait in the queue")
+    max_in_flight: int = Field(default=16, ge=1, description="studies sent to the workers and not yet collected "
+                                                             "(worker.concurrency does not apply to Celery)")
+    collect_interval_s: float = Field(default=1.0, gt=0, description="how often the node collects finished studies")
 
     @model_validator(mode="after")
     def _visibility(self) -> CeleryExecutorSettings:

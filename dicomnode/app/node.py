@@ -29,7 +29,7 @@ from dicomnode.index.db import SendState
 from dicomnode.index.storage import Storage
 from dicomnode.index.studies import STATES, StudyTracker, Unprocessed
 from dicomnode.receive.scp import StoreSCP
-from dicomnode.run.executor import Executor, LocalSubprocessExecutor, kill_orphan
+from dicomnode.run.executor import Executor, LocalSubprocessExecutor, is_asynchronous, kill_orphan
 from dicomnode.run.scheduler import NodeScheduler
 from dicomnode.run.worker import Worker
 from dicomnode.send.ledger import append_ledger, ledger_failure_row
@@ -49,7 +49,7 @@ def make_executor(cfg: NodeConfig) -> Executor:
 
     c = cfg.executor.celery
     settings = CelerySettings(c.broker_url, c.backend_url or c.broker_url, c.task_time_limit_s, c.visibility_timeout_s)
-    return CeleryExecutor(settings, c.max_deliveries, c.queue_wait_s)
+    return CeleryExecutor(settings, c.max_deliveries, c.queue_wait_s, max_in_flight=c.max_in_flight)
 
 
 class Node:
@@ -93,9 +93,13 @@ class Node:
             resent = self.outbox.requeue_interrupted()
             if requeued or resent:
                 logger.info("recovered after a restart: %d jobs re-queued, %d sends due again", requeued, resent)
+            executor = make_executor(cfg)
             self.scheduler = NodeScheduler(cfg, self.storage, self.tracker, self.outbox)
             self.worker = Worker(cfg, self.storage, self.tracker, self.outbox,
-                                 on_outputs_queued=self.scheduler.wake_outbox, executor=make_executor(cfg))
+                                 on_outputs_queued=self.scheduler.wake_outbox, executor=executor)
+            if is_asynchronous(executor):
+                self.scheduler.collect = self.worker.collect
+                self.scheduler.collect_interval_s = cfg.executor.celery.collect_interval_s
             self.tracker.on_ready = self.worker.wake
             self.scp = StoreSCP(cfg, self.storage, self.tracker)
             self.scp.start()

@@ -21,6 +21,16 @@ still does; and a delivery
 counter in the broker's Redis fails a study delivered more than ``max_deliveries`` times
 (a poison study that kills its worker) with that reason instead of running it again.
 
+Where a study runs (``NODESTAGE_CELERY_RUNNER``):
+
+- ``in-process`` (the default): in the Celery pool process itself, so the TotalSegmentator and
+  nnU-Net models stay loaded (`pipeline.model_cache`) for every study that process runs; with
+  ``NODESTAGE_WORKER_PRELOAD`` (a config.yaml or PipelineSettings JSON) they are loaded at
+  ``worker_process_init``, before the first study. A study that crashes the process or runs
+  past the task's hard time limit loses the pool process, which Celery replaces.
+- ``subprocess``: a child process per study, as the node's local executor runs it (every
+  study starts clean; each loads its models again).
+
 Settings come from the environment (the workers do not read the node's config.yaml):
 ``NODESTAGE_CELERY_BROKER`` (default ``redis://127.0.0.1:6379/0``), ``NODESTAGE_CELERY_BACKEND``
 (default: the broker), ``NODESTAGE_CELERY_TASK_TIME_LIMIT_S``, ``NODESTAGE_CELERY_VISIBILITY_TIMEOUT_S``.
@@ -33,6 +43,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from celery import Celery
 from celery.exceptions import Reject
@@ -47,6 +58,10 @@ ENV_BROKER = "NODESTAGE_CELERY_BROKER"
 ENV_BACKEND = "NODESTAGE_CELERY_BACKEND"
 ENV_TASK_TIME_LIMIT = "NODESTAGE_CELERY_TASK_TIME_LIMIT_S"
 ENV_VISIBILITY_TIMEOUT = "NODESTAGE_CELERY_VISIBILITY_TIMEOUT_S"
+ENV_RUNNER = "NODESTAGE_CELERY_RUNNER"
+ENV_PRELOAD = "NODESTAGE_WORKER_PRELOAD"
+RUNNER_IN_PROCESS, RUNNER_SUBPROCESS = "in-process", "subprocess"
+RUNNERS = (RUNNER_IN_PROCESS, RUNNER_SUBPROCESS)
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_TASK_TIME_LIMIT_S = 3600.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 7200.0
@@ -60,6 +75,7 @@ LOCK_MARGIN_S = 10.0  # visibility_timeout exceeds the hard time limit by more t
 LOCK_TTL_S = 15  # the running delivery refreshes its lock; a killed one's lock is gone this long after
 LOCK_REFRESH_S = 5.0
 LOCK_POLL_S = 1.0
+PROC_ALIVE_TIMEOUT_S = 600.0  # the preload of TotalSegmentator's models from slow storage takes minutes
 CHILD_TIMEOUT_MARGIN_S = 10.0  # the child's own timeout ends before Celery's hard limit kills the worker process
 
 
@@ -108,6 +124,8 @@ def make_app(settings: CelerySettings | None = None) -> Celery:
         result_extended=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # a pool process loads its models before it reports up (Celery's default wait is 4 s)
+        worker_proc_alive_timeout=PROC_ALIVE_TIMEOUT_S,
     )
     app.nodestage_settings = settings
     return app
@@ -116,14 +134,55 @@ def make_app(settings: CelerySettings | None = None) -> Celery:
 app = make_app()
 
 
+def runner_from_env(environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    runner = (env.get(ENV_RUNNER) or RUNNER_IN_PROCESS).strip().lower()
+    if runner not in RUNNERS:
+        raise ValueError(f"{ENV_RUNNER}={runner!r}: expected one of {', '.join(RUNNERS)}")
+    return runner
+
+
+_EXECUTOR = None  # this worker process's executor, made once (its models stay loaded with it)
+
+
+def worker_executor():
+    """The executor of this worker process: in process (models kept) or a child per study."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        if runner_from_env() == RUNNER_IN_PROCESS:
+            from dicomnode.run.in_process import InProcessExecutor
+
+            _EXECUTOR = InProcessExecutor()
+        else:
+            from dicomnode.run.executor import LocalSubprocessExecutor
+
+            _EXECUTOR = LocalSubprocessExecutor()
+    return _EXECUTOR
+
+
 @worker_process_init.connect
 def _warm_worker_process(**_kwargs) -> None:
-    """Once per worker process: import what every study needs, not once per study.
-
-    The pipeline itself runs in a child process per study (as the local executor runs it), so a
-    crash or a leak stays in that child; keeping models loaded across studies is not done yet."""
+    """Once per worker process, not once per study: import the pipeline and, in process, load its models."""
     import dicomnode.run.pipeline_job  # noqa: F401
     import pipeline.settings  # noqa: F401
+
+    if runner_from_env() != RUNNER_IN_PROCESS:
+        return
+    import pipeline.run  # noqa: F401  (what every study imports; seconds, paid here once)
+
+    preload = os.environ.get(ENV_PRELOAD)
+    if not preload:
+        return
+    from dicomnode.run.pipeline_job import load_settings
+    from pipeline.model_cache import preload as preload_models
+
+    try:
+        started = time.monotonic()
+        folders = preload_models(load_settings(Path(preload)))
+        logger.info("worker process %d: %d models loaded in %.1f s from %s", os.getpid(), len(folders),
+                    time.monotonic() - started, preload)
+    except Exception as err:  # missing weights: each study then fails with the same clear reason
+        logger.error("worker process %d: cannot preload the models of %s: %s", os.getpid(), preload, err)
 
 
 def release_result(celery_app: Celery, result) -> None:
@@ -211,7 +270,7 @@ def execute_delivery(client, task_id: str, request: RunRequest, time_limit_s: fl
         timeout = min(request.timeout_s, max(1.0, time_limit_s - CHILD_TIMEOUT_MARGIN_S))
         if timeout != request.timeout_s:
             request = RunRequest(**{**request.to_message(), "timeout_s": timeout})
-        manifest, outcome = run_request(request, deliveries=deliveries)
+        manifest, outcome = run_request(request, worker_executor(), deliveries=deliveries)
         if manifest is None:  # the child was killed from outside: give the message back, the counter decides
             raise Reject(f"pipeline killed by {outcome.killed_by or 'a signal'} on delivery {deliveries}",
                          requeue=True)

@@ -71,6 +71,28 @@ class Executor(Protocol):
         """Stop every run (node shutdown)."""
 
 
+class AsynchronousExecutor(Executor, Protocol):
+    """An executor whose runs end elsewhere: `submit` returns at once, `collect` gives the ended runs."""
+
+    asynchronous: bool
+
+    def has_room(self) -> bool:
+        """Another run may be submitted now."""
+
+    def submit(self, run: PipelineRun) -> None:
+        """Start the run; its outcome comes from a later `collect`."""
+
+    def collect(self) -> list[tuple[PipelineRun, RunOutcome]]:
+        """The runs that have ended since the last call, with their outcomes (never blocks on a run)."""
+
+    def abandon_all(self) -> list[PipelineRun]:
+        """Stop every run in flight and forget it (node shutdown); returns them."""
+
+
+def is_asynchronous(executor: object) -> bool:
+    return bool(getattr(executor, "asynchronous", False))
+
+
 class LocalSubprocessExecutor:
     """A child process group per run, on this machine, with a hard timeout."""
 

@@ -28,6 +28,7 @@ EXIT_UNPROCESSABLE = 2
 EXIT_UNAVAILABLE = 3
 LOG_LEVEL_ENV = "NODESTAGE_JOB_LOG_LEVEL"
 PARENT_PID_ENV = "NODESTAGE_PARENT_PID"  # the node's pid: the child arms its own parent-death signal
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _reason(message: str) -> None:
@@ -61,6 +62,34 @@ def die_with_parent() -> None:
         os._exit(EXIT_UNAVAILABLE)
 
 
+def run_job(study_dir: Path, out_dir: Path, settings_path: Path) -> tuple[int, str | None]:
+    """Run the pipeline on one study in this process: (exit status, one-line reason or None).
+
+    The subprocess entry point (`main`) and the scale-out workers' in-process runner
+    (`dicomnode.run.in_process`) share it, so a study means the same in both."""
+    try:
+        from pipeline.errors import PipelineError
+    except ImportError as err:
+        return EXIT_UNAVAILABLE, f"the pipeline package cannot be imported: {err}"
+    try:
+        settings = load_settings(settings_path)
+    except Exception as err:
+        return EXIT_UNPROCESSABLE, f"bad pipeline settings in {settings_path.name}: {err}"
+    try:
+        from pipeline.run import run_study
+    except ImportError as err:
+        return EXIT_UNAVAILABLE, f"pipeline.run.run_study is not available: {err}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_study(study_dir, settings, out_dir)
+    except PipelineError as err:
+        return EXIT_UNPROCESSABLE, str(err) or type(err).__name__
+    result_json = out_dir / "result.json"
+    if not result_json.is_file():  # the contract says run_study writes it; be safe
+        result_json.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0, None
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = sys.argv[1:] if argv is None else argv
@@ -69,33 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNPROCESSABLE
     study_dir, out_dir, settings_path = (Path(a) for a in args)
     level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT)
     quiet_libraries(level)
-    try:
-        from pipeline.errors import PipelineError
-    except ImportError as err:
-        _reason(f"the pipeline package cannot be imported: {err}")
-        return EXIT_UNAVAILABLE
-    try:
-        settings = load_settings(settings_path)
-    except Exception as err:
-        _reason(f"bad pipeline settings in {settings_path.name}: {err}")
-        return EXIT_UNPROCESSABLE
-    try:
-        from pipeline.run import run_study
-    except ImportError as err:
-        _reason(f"pipeline.run.run_study is not available: {err}")
-        return EXIT_UNAVAILABLE
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_study(study_dir, settings, out_dir)
-    except PipelineError as err:
-        _reason(str(err) or type(err).__name__)
-        return EXIT_UNPROCESSABLE
-    result_json = out_dir / "result.json"
-    if not result_json.is_file():  # the contract says run_study writes it; be safe
-        result_json.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    return 0
+    code, reason = run_job(study_dir, out_dir, settings_path)
+    if reason is not None:
+        _reason(reason)
+    return code
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from dicomnode.run import pipeline_job
-from dicomnode.run.executor import LocalSubprocessExecutor, PipelineRun, RunOutcome
+from dicomnode.run.executor import Executor, LocalSubprocessExecutor, PipelineRun, RunOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ class Manifest:
     reason: str | None = None
     deliveries: int | None = None
     hostname: str = ""
+    pid: int | None = None  # the process that ran the pipeline: the worker's own when in process
+    runner: str = ""
 
     @property
     def ok(self) -> bool:
@@ -179,7 +181,7 @@ def write_failure(request: RunRequest, reason: str, deliveries: int | None = Non
     return commit(partial, out_dir, manifest)
 
 
-def run_request(request: RunRequest, executor: LocalSubprocessExecutor | None = None,
+def run_request(request: RunRequest, executor: Executor | None = None,
                 deliveries: int | None = None) -> tuple[Manifest | None, RunOutcome]:
     """Run the pipeline child into ``<out>.partial`` and commit it; returns (manifest, outcome).
 
@@ -195,11 +197,13 @@ def run_request(request: RunRequest, executor: LocalSubprocessExecutor | None = 
     run = PipelineRun(0, study, partial, settings, partial / LOG_NAME, request.timeout_s, request.log_level,
                       request.python)
     start = time.monotonic()
-    outcome = executor.execute(run)
+    pids: list[int] = []
+    outcome = executor.execute(run, on_started=pids.append)
     if outcome.killed_by or outcome.cancelled:
         return None, outcome
     reason = failure_reason(partial / LOG_NAME, outcome, request.timeout_s)
     relocate_result_json(partial, out_dir)
     manifest = Manifest(request.run_id, outcome.returncode, round(time.monotonic() - start, 3), str(out_dir),
-                        _files(partial), outcome.timed_out, reason, deliveries, os.uname().nodename)
+                        _files(partial), outcome.timed_out, reason, deliveries, os.uname().nodename,
+                        pids[0] if pids else None, type(executor).__name__)
     return commit(partial, out_dir, manifest), outcome

@@ -1,4 +1,5 @@
-"""The node's periodic jobs (APScheduler): the stability scan, the outbox, and clean-up.
+"""The node's periodic jobs (APScheduler): the stability scan, the outbox, clean-up, and (with
+Celery) the collection of finished remote runs.
 
 Each job runs at most one instance at a time and coalesces missed runs; an
 exception is logged and the job runs again at its next interval. `wake_outbox()`
@@ -20,7 +21,7 @@ from dicomnode.send.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
-SCAN, OUTBOX, CLEANUP = "stability-scan", "outbox", "cleanup"
+SCAN, OUTBOX, CLEANUP, COLLECT = "stability-scan", "outbox", "cleanup", "collect-results"
 
 
 def _guarded(name: str, func: Callable[[], object]) -> Callable[[], None]:
@@ -34,7 +35,10 @@ def _guarded(name: str, func: Callable[[], object]) -> Callable[[], None]:
 
 
 class NodeScheduler:
-    def __init__(self, config: NodeConfig, storage: Storage, tracker: StudyTracker, outbox: Outbox):
+    def __init__(self, config: NodeConfig, storage: Storage, tracker: StudyTracker, outbox: Outbox,
+                 collect: Callable[[], object] | None = None, collect_interval_s: float = 1.0):
+        self.collect = collect  # an asynchronous executor's results (Celery): concluded at each tick
+        self.collect_interval_s = collect_interval_s
         self.config = config
         self.storage = storage
         self.tracker = tracker
@@ -58,6 +62,9 @@ class NodeScheduler:
                   seconds=self.config.retry.scan_interval_seconds, next_run_time=now)
         s.add_job(_guarded(CLEANUP, self.cleanup), "interval", id=CLEANUP,
                   seconds=self.config.storage.retention.cleanup_interval_s, next_run_time=now)
+        if self.collect is not None:
+            s.add_job(_guarded(COLLECT, self.collect), "interval", id=COLLECT, seconds=self.collect_interval_s,
+                      next_run_time=now)
         s.start()
 
     def wake_outbox(self) -> None:

@@ -15,7 +15,9 @@ A job stopped by a node shutdown goes back to the queue; a pipeline killed by a 
 from outside (the OOM killer, an operator) is retried up to ``worker.max_restarts``
 times; jobs found RUNNING at start-up (a crash) are re-queued by
 `StudyTracker.requeue_interrupted`. Where the pipeline process runs is the
-`Executor`'s business (`dicomnode.run.executor`).
+`Executor`'s business (`dicomnode.run.executor`). With an asynchronous executor (Celery)
+one thread submits jobs while the executor has room, and the scheduler's collect tick
+concludes them (`collect`), so no thread waits on a remote study.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dicomnode.index.db import JobState
 from dicomnode.index.storage import Storage, safe_name
 from dicomnode.index.studies import DONE, FAILED, Job, StudyTracker
 from dicomnode.run import pipeline_job
-from dicomnode.run.executor import Executor, LocalSubprocessExecutor, PipelineRun
+from dicomnode.run.executor import Executor, LocalSubprocessExecutor, PipelineRun, RunOutcome, is_asynchronous
 from dicomnode.send.ledger import append_ledger, ledger_failure_row, ledger_row
 from dicomnode.send.outbox import Outbox
 from pipeline.job_result import JobResult
@@ -77,9 +79,13 @@ class Worker:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.executor: Executor = executor or LocalSubprocessExecutor()
+        self._in_flight: dict[int, tuple[Job, float]] = {}  # job id -> (job, submitted): asynchronous runs
+        self._in_flight_lock = threading.Lock()
 
     def start(self) -> None:
-        for i in range(self.config.worker.concurrency):
+        # an asynchronous executor needs one thread to submit; its runs are concluded by `collect`
+        threads = 1 if is_asynchronous(self.executor) else self.config.worker.concurrency
+        for i in range(threads):
             t = threading.Thread(target=self._loop, name=f"nodestage-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -95,13 +101,26 @@ class Worker:
         """Stop taking jobs; kill running pipeline processes (their jobs go back to the queue)."""
         self._stopping.set()
         self._wake.set()
-        self.executor.cancel_all()
+        if is_asynchronous(self.executor):
+            for run in self.executor.abandon_all():  # revoked on the workers; run again at the next start
+                with self._in_flight_lock:
+                    job, _ = self._in_flight.pop(run.run_id, (None, None))
+                if job is not None:
+                    shutil.rmtree(run.study_dir.parent, ignore_errors=True)
+                    self.tracker.requeue(job, "node stopped while the job ran")
+        else:
+            self.executor.cancel_all()
         for t in self._threads:
             t.join(timeout=timeout)
         self._threads = []
 
     def _loop(self) -> None:
+        asynchronous = is_asynchronous(self.executor)
         while not self._stopping.is_set():
+            if asynchronous and not self.executor.has_room():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
             try:
                 job = self.tracker.claim_next_job()
             except Exception:
@@ -112,7 +131,10 @@ class Worker:
                 self._wake.clear()
                 continue
             try:
-                self.run(job)
+                if asynchronous:
+                    self._submit(job)
+                else:
+                    self.run(job)
             except Exception as err:  # a bug here must not stop the worker
                 logger.exception("study #%d v%d: worker error", job.study_id, job.version)
                 self.tracker.finish_job(job, FAILED, f"worker error: {type(err).__name__}: {err}", None)
@@ -140,6 +162,12 @@ class Worker:
     def run(self, job: Job) -> str:
         """Run one claimed job to its end; returns the job's final state (or QUEUED when stopped)."""
         start = time.monotonic()
+        run = self._prepare(job)
+        outcome = self.executor.execute(run, on_started=lambda pid: self.tracker.set_job_pid(job, pid))
+        return self._conclude(job, run, outcome, time.monotonic() - start)
+
+    def _prepare(self, job: Job) -> PipelineRun:
+        """The job's study snapshot, settings and output folder, ready to run."""
         work = self.config.storage.work_dir / f"job-{job.id}"
         out_dir = self.out_dir(job)
         shutil.rmtree(work, ignore_errors=True)
@@ -150,17 +178,18 @@ class Worker:
         n = self._snapshot(job, study_dir)
         settings_path = work / "pipeline-settings.json"
         settings_path.write_text(self.config.pipeline.model_dump_json())
-        log_path = out_dir / "pipeline.log"
         logger.info("study #%d v%d: RUNNING (job %d, attempt %d, %d instances)", job.study_id, job.version, job.id,
                     job.attempts, n)
-        timeout = self.config.worker.timeout_seconds
-        run = PipelineRun(job.id, study_dir, out_dir, settings_path, log_path, timeout,
-                          "DEBUG" if self.config.logging.level == "DEBUG" else "INFO",
-                          str(self.config.worker.python) if self.config.worker.python else None)
-        outcome = self.executor.execute(run, on_started=lambda pid: self.tracker.set_job_pid(job, pid))
-        elapsed = time.monotonic() - start
+        return PipelineRun(job.id, study_dir, out_dir, settings_path, out_dir / "pipeline.log",
+                           self.config.worker.timeout_seconds,
+                           "DEBUG" if self.config.logging.level == "DEBUG" else "INFO",
+                           str(self.config.worker.python) if self.config.worker.python else None)
+
+    def _conclude(self, job: Job, run: PipelineRun, outcome: RunOutcome, elapsed: float) -> str:
+        """What the outcome means for the study: DONE (outputs queued), FAILED, or QUEUED again."""
+        out_dir, log_path, timeout = run.out_dir, run.log_path, run.timeout_s
         self.storage.bump("job_seconds_total", elapsed)
-        shutil.rmtree(work, ignore_errors=True)  # the snapshot goes before any state says the job ended
+        shutil.rmtree(run.study_dir.parent, ignore_errors=True)  # the snapshot goes before any state says it ended
         if self._stopping.is_set() and not outcome.timed_out and outcome.returncode != 0:
             self.tracker.requeue(job, "node stopped while the job ran")
             logger.info("study #%d v%d: job stopped by shutdown; re-queued", job.study_id, job.version)
@@ -180,6 +209,44 @@ class Worker:
         if outcome.returncode != 0:
             return self._fail(job, _tail_reason(log_path, outcome.returncode), out_dir)
         return self._succeed(job, out_dir, elapsed)
+
+    # ---------------------------------------------------------------- an asynchronous executor (Celery)
+
+    def _submit(self, job: Job) -> None:
+        """Send the job to an asynchronous executor; `collect` (a scheduler tick) concludes it."""
+        run = self._prepare(job)
+        with self._in_flight_lock:
+            self._in_flight[job.id] = (job, time.monotonic())
+        try:
+            self.executor.submit(run)
+        except BaseException:
+            with self._in_flight_lock:
+                self._in_flight.pop(job.id, None)
+            raise
+
+    def collect(self) -> int:
+        """Conclude every submitted job whose run has ended; returns how many (the scheduler's tick)."""
+        if not is_asynchronous(self.executor):
+            return 0
+        ended = self.executor.collect()
+        for run, outcome in ended:
+            with self._in_flight_lock:
+                job, started = self._in_flight.pop(run.run_id, (None, None))
+            if job is None:
+                logger.warning("run %s ended, but no job of this node waits for it", run.run_id)
+                continue
+            try:
+                self._conclude(job, run, outcome, time.monotonic() - started)
+            except Exception as err:  # a bug here must not stop the collection of the others
+                logger.exception("study #%d v%d: worker error", job.study_id, job.version)
+                self.tracker.finish_job(job, FAILED, f"worker error: {type(err).__name__}: {err}", None)
+        if ended:
+            self.wake()  # room for the next queued job
+        return len(ended)
+
+    def in_flight(self) -> int:
+        with self._in_flight_lock:
+            return len(self._in_flight)
 
     def _fail(self, job: Job, reason: str, out_dir: Path) -> str:
         self.tracker.finish_job(job, FAILED, reason, out_dir)

@@ -17,6 +17,8 @@ Offline, always:
   refuses to download, and its usage statistics sender by a no-op.
 - Its ``config.json`` (in the home directory) is written with
   ``send_usage_stats: false`` before the first call.
+- The predictor TotalSegmentator builds is `pipeline.model_cache`'s, so a process that
+  runs several studies (a scale-out worker) loads each model once, not once per call.
 
 Which models a run needs (TotalSegmentator 2.x tables, read at run time):
 
@@ -255,13 +257,17 @@ def _write_config(home: Path) -> Path:
 def _offline_environment(home: Path, weights: Path):
     """Env vars for TotalSegmentator, its download and telemetry disabled; all restored afterwards."""
     import totalsegmentator.libs as ts_libs
+    import totalsegmentator.nnunet as ts_nnunet
     import totalsegmentator.python_api as ts_api
+
+    from pipeline.model_cache import cached_predictor_class
 
     saved_env = {k: os.environ.get(k) for k in _ENV_KEYS}
     saved_attrs = [
         (ts_api, "download_pretrained_weights", ts_api.download_pretrained_weights),
         (ts_libs, "download_pretrained_weights", ts_libs.download_pretrained_weights),
         (ts_api, "send_usage_stats", ts_api.send_usage_stats),
+        (ts_nnunet, "nnUNetPredictor", ts_nnunet.nnUNetPredictor),
     ]
 
     def no_download(task_id):
@@ -281,6 +287,7 @@ def _offline_environment(home: Path, weights: Path):
     ts_api.download_pretrained_weights = no_download
     ts_libs.download_pretrained_weights = no_download
     ts_api.send_usage_stats = lambda *a, **k: None
+    ts_nnunet.nnUNetPredictor = cached_predictor_class()  # models stay loaded for the process's next study
     try:
         yield
     finally:
@@ -291,6 +298,31 @@ def _offline_environment(home: Path, weights: Path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def torch_device(settings: TotalSegSettings):
+    """The torch device TotalSegmentator's own `select_device` makes of our setting (gpu -> cuda:0)."""
+    import torch
+
+    if settings.device == "gpu" and torch.cuda.is_available():
+        return torch.device("cuda:0")
+    return torch.device("cpu")
+
+
+def preload_models(settings: TotalSegSettings) -> list[str]:
+    """Load every model a run with these settings needs into `pipeline.model_cache`, as
+    TotalSegmentator will ask for them (same folders, fold 0, same device): a worker does it
+    once at start, so its first study does not pay for the loading either."""
+    from pipeline.model_cache import MODEL_CACHE, cached_predictor_class
+
+    weights, models = check_weights(settings)
+    device = torch_device(settings)
+    predictor_class = cached_predictor_class()
+    for m in models:
+        predictor = predictor_class(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=device,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        MODEL_CACHE.initialize(predictor, weights / m.relpath, [FOLD], "checkpoint_final.pth")
+    return [str(m.relpath) for m in models]
 
 
 # ----------------------------------------------------------------------------- image conversion

@@ -5,7 +5,8 @@ The folder is a trained nnU-Net v2 model (`dataset.json`, `plans.json`,
 and PET/SUV. Inputs are given in the order of `dataset.json`'s `channel_names`,
 on the CT grid, in SimpleITK axis order, as nnU-Net's SimpleITKIO would read them.
 Everything is checked before torch is touched, so a missing model fails in
-milliseconds with the path named.
+milliseconds with the path named. The loaded model stays in `pipeline.model_cache`
+for the next study the same process runs.
 """
 
 from __future__ import annotations
@@ -55,21 +56,28 @@ def check_model_folder(settings: NnUnetLesionSettings) -> tuple[Path, list[str]]
     return folder, roles
 
 
-def predict_lesion_mask(volumes, settings: NnUnetLesionSettings) -> np.ndarray:
-    """Boolean lesion mask on the CT grid (any foreground label of the model)."""
+def lesion_predictor(settings: NnUnetLesionSettings):
+    """(predictor, channel roles) for the configured model, taken from `pipeline.model_cache` when loaded."""
     folder, roles = check_model_folder(settings)
     import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from pipeline.model_cache import cached_predictor_class
+
+    device = torch.device("cuda" if settings.device == "cuda" else "cpu")
+    predictor = cached_predictor_class()(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                         perform_everything_on_device=settings.device == "cuda", device=device,
+                                         verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(settings.folds),
+                                                   checkpoint_name=settings.checkpoint)
+    return predictor, roles
+
+
+def predict_lesion_mask(volumes, settings: NnUnetLesionSettings) -> np.ndarray:
+    """Boolean lesion mask on the CT grid (any foreground label of the model)."""
+    predictor, roles = lesion_predictor(settings)
     arrays = {"ct": sitk.GetArrayFromImage(volumes.ct), "suv": sitk.GetArrayFromImage(volumes.suv)}
     image = np.stack([arrays[r] for r in roles]).astype(np.float32)
     props = {"spacing": list(volumes.ct.GetSpacing())[::-1]}
-    device = torch.device("cuda" if settings.device == "cuda" else "cpu")
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=settings.device == "cuda", device=device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(settings.folds),
-                                                   checkpoint_name=settings.checkpoint)
     seg = predictor.predict_single_npy_array(image, props, None, None, False)
     seg = np.asarray(seg)
     if seg.shape != image.shape[1:]:

@@ -3,7 +3,9 @@
 - two workers, one SIGKILLed (its whole process group) mid-study: every study completes once;
 - a poison study whose worker is lost on every delivery fails after max_deliveries, the rest go on;
 - a live study sent during a retro backfill finishes before the backfill does;
-- `nodestage batch` killed mid-way and run again skips the studies it finished.
+- `nodestage batch` killed mid-way and run again skips the studies it finished;
+- the in-process runner loads its models once per worker process, and a pool process killed
+  mid-study is replaced (loading them again) while its study runs once more.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dicomnode.run.celery_executor import CeleryExecutor
 from dicomnode.run.executor import PipelineRun
 from dicomnode.run.run_request import PARTIAL_SUFFIX, read_manifest
 from dicomnode.send.ledger import read_ledger
+from tests.node_fixtures import wait_for
 from tests.redis_server import running_redis
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -71,10 +74,17 @@ def celery_settings(url: str) -> CelerySettings:
     return CelerySettings(url, url, TASK_TIME_LIMIT_S, VISIBILITY_TIMEOUT_S)
 
 
-def start_worker(url: str, name: str, folder: Path, queues: str = "live,retro") -> subprocess.Popen:
-    """A real `celery worker` subprocess (own process group), returned once it says it is ready."""
+def start_worker(url: str, name: str, folder: Path, queues: str = "live,retro", runner: str = "subprocess",
+                 preload: Path | None = None) -> subprocess.Popen:
+    """A real `celery worker` subprocess (own process group), returned once it says it is ready.
+
+    The tests that watch pipeline child processes use the ``subprocess`` runner; the
+    in-process runner (the workers' default) has its own test."""
     env = dict(os.environ, NODESTAGE_CELERY_BROKER=url, NODESTAGE_CELERY_TASK_TIME_LIMIT_S=str(TASK_TIME_LIMIT_S),
-               NODESTAGE_CELERY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S), PYTHONUNBUFFERED="1")
+               NODESTAGE_CELERY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S), PYTHONUNBUFFERED="1",
+               NODESTAGE_CELERY_RUNNER=runner)
+    if preload is not None:
+        env["NODESTAGE_WORKER_PRELOAD"] = str(preload)
     log = folder / f"worker-{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(CELERY), "-A", "dicomnode.run.celery_app", "worker", "-Q", queues, "-c", "1",
@@ -130,17 +140,6 @@ def parent_of(pid: int) -> int | None:
     return info[0] if info else None
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
-
-
 class BatchThread(threading.Thread):
     """run_batch in a thread, keeping its result or its exception."""
 
@@ -191,14 +190,14 @@ def test_killed_worker_every_study_completes_exactly_once(archive, redis_url, tm
             w1 = workers["w1"].pid
             return next(((pid, cmd) for pid, ppid, cmd in pipeline_processes() if parent_of(ppid) == w1), None)
 
-        child, cmd = wait_for(running_under_w1, 120, "a study running on worker w1")
+        child, cmd = wait_for(running_under_w1, 120, what="a study running on worker w1")
         time.sleep(2.0)  # mid-study
         assert parent_of(child) is not None, "the study ended before the kill: too fast to test"
         killed_study = next(s for s in find_studies(archive) if str(s.folder) in cmd)
         os.killpg(workers["w1"].pid, signal.SIGKILL)  # the worker and its pool process, as a lost machine
         killed_at = time.monotonic()
         workers["w1"].wait()
-        wait_for(lambda: _ppid_and_cmdline(child) is None, 10, "the orphaned pipeline child to die with its worker")
+        wait_for(lambda: _ppid_and_cmdline(child) is None, 10, what="the orphaned pipeline child to die with its worker")
         # systemd would restart the worker; Redis hands its unacknowledged study out after visibility_timeout
         time.sleep(max(0.0, killed_at + VISIBILITY_TIMEOUT_S + 2 - time.monotonic()))
         replacement = start_worker(redis_url, "w1b", tmp_path)
@@ -263,7 +262,7 @@ def test_live_study_is_not_starved_by_a_backfill(archive, redis_url, tmp_path):
                                                         celery=celery_settings(redis_url)))
         batch.start()
         wait_for(lambda: [p for p in pipeline_processes() if parent_of(p[1]) == worker.pid], 120,
-                 "the backfill's first study to start")
+                 what="the backfill's first study to start")
         settings = tmp_path / "settings.json"
         from pipeline.settings import PipelineSettings
 
@@ -293,9 +292,9 @@ def test_batch_killed_midway_resumes_without_redoing_finished_studies(archive, t
                              start_new_session=True)
     ledger = out / "ledger.csv"
     try:
-        wait_for(lambda: ledger.is_file() and len(read_ledger(ledger)) >= 1, 120, "the first study's ledger row")
+        wait_for(lambda: ledger.is_file() and len(read_ledger(ledger)) >= 1, 120, what="the first study's ledger row")
         wait_for(lambda: any(p.name.endswith(PARTIAL_SUFFIX) for p in (out / RESULTS_DIR).iterdir()), 60,
-                 "the second study to start")
+                 what="the second study to start")
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the batch and its pipeline child
         first.communicate()
@@ -340,7 +339,7 @@ def test_node_on_celery_sends_once_after_its_worker_is_killed(archive, redis_url
             sent = storescu(study_dir, node.port)
             assert sent.returncode == 0, sent.stderr[-2000:]
             child = wait_for(lambda: next((pid for pid, ppid, _ in pipeline_processes()
-                                           if parent_of(ppid) == worker.pid), None), 120, "the study on worker w1")
+                                           if parent_of(ppid) == worker.pid), None), 120, what="the study on worker w1")
             time.sleep(2.0)
             assert parent_of(child) is not None, "the study ended before the kill: too fast to test"
             os.killpg(worker.pid, signal.SIGKILL)
@@ -349,12 +348,12 @@ def test_node_on_celery_sends_once_after_its_worker_is_killed(archive, redis_url
             time.sleep(max(0.0, killed_at + VISIBILITY_TIMEOUT_S + 2 - time.monotonic()))
             replacement = start_worker(redis_url, "w1b", tmp_path)
             row = wait_for(lambda: (r := study_row(node, uid)) and r["state"] in (DONE, "FAILED") and r, 240,
-                           "the study to finish")
+                           what="the study to finish")
             assert row["state"] == DONE, row["reason"]
             out_dir = cfg.storage.archive_dir / find_studies(study_dir)[0].key / "v1"
             manifest = read_manifest(out_dir)
             outputs = wait_for(lambda: [t for t in orthanc_instances(orthanc) if t["StudyInstanceUID"] == uid] or None,
-                               60, "the outputs in Orthanc")
+                               60, what="the outputs in Orthanc")
             time.sleep(3.0)  # a duplicate send would arrive now
             outputs = [t for t in orthanc_instances(orthanc) if t["StudyInstanceUID"] == uid]
     finally:
@@ -367,3 +366,107 @@ def test_node_on_celery_sends_once_after_its_worker_is_killed(archive, redis_url
     sop_uids = [t["SOPInstanceUID"] for t in outputs]
     expected = JobResult.read(out_dir / "result.json").outputs.dicom_files()
     assert len(expected) >= 3 and len(sop_uids) == len(set(sop_uids)) == len(expected), "each output sent once"
+
+
+def test_node_collects_on_a_tick_so_one_worker_thread_keeps_two_studies_in_flight(archive, redis_url, orthanc,
+                                                                                    tmp_path):
+    """worker.concurrency 1 and two Celery workers: the node submits both studies without waiting on
+    the first, they run at once, and the collect tick sends each one's outputs once."""
+    from dicomnode.index.studies import DONE
+    from tests.node_fixtures import make_config, orthanc_instances, running_node, storescu, study_row
+
+    study_dirs = [archive / case / "dicom" for case in COHORT_CASES[4:6]]
+    uids = [find_studies(d)[0].study_uid for d in study_dirs]
+    cfg = make_config(tmp_path / "node", {
+        "worker": {"concurrency": 1, "timeout_seconds": STUDY_TIMEOUT_S},
+        "studies": {"scan_interval_seconds": 0.5},
+        "mode": "clinical",
+        "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        "executor": {"kind": "celery", "celery": {
+            "broker_url": redis_url, "task_time_limit_s": TASK_TIME_LIMIT_S, "max_in_flight": 4,
+            "visibility_timeout_s": VISIBILITY_TIMEOUT_S, "queue_wait_s": 300, "collect_interval_s": 0.5}}})
+    workers = [start_worker(redis_url, name, tmp_path) for name in ("w1", "w2")]
+    try:
+        with running_node(cfg) as node:
+            for d in study_dirs:
+                sent = storescu(d, node.port)
+                assert sent.returncode == 0, sent.stderr[-2000:]
+            pids = {w.pid for w in workers}
+            both = wait_for(lambda: len({parent_of(ppid) for _, ppid, _ in pipeline_processes()} & pids) == 2,
+                            180, what="both studies running at once, one on each worker")
+            assert both
+            rows = [wait_for(lambda u=u: (r := study_row(node, u)) and r["state"] in (DONE, "FAILED") and r, 240,
+                             what="the study to finish") for u in uids]
+            assert [r["state"] for r in rows] == [DONE, DONE], [r["reason"] for r in rows]
+            outputs = wait_for(lambda: len({t["StudyInstanceUID"] for t in orthanc_instances(orthanc)} & set(uids))
+                               == 2 and orthanc_instances(orthanc), 60, what="both studies' outputs in Orthanc")
+            time.sleep(2.0)  # a duplicate send would arrive now
+            outputs = [t for t in orthanc_instances(orthanc) if t["StudyInstanceUID"] in uids]
+    finally:
+        for w in workers:
+            stop_worker(w)
+    sop_uids = [t["SOPInstanceUID"] for t in outputs]
+    assert len(sop_uids) == len(set(sop_uids)) >= 6, "each study's SEG, SR and SC, each sent once"
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and parent_of(int(entry.name)) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_in_process_worker_loads_its_models_once_and_survives_a_killed_pool_process(archive, redis_url, tmp_path):
+    """Runner ``in-process`` with a (tiny, random) nnU-Net lesion model preloaded at worker_process_init:
+    the studies run in the pool process itself and take the model from its cache; a pool process
+    SIGKILLed mid-study is replaced, loads the model once more, and the study runs again, once."""
+    from pipeline.settings import PipelineSettings
+    from tests.nnunet_fake import write_fake_model
+
+    model = write_fake_model(tmp_path / "model", 905, "NoLesions", {"background": 0, "lesion": 1}, ["CT", "PET"],
+                             patch_size=(32, 32, 32), constant_label=0)
+    settings = tmp_path / "settings.json"
+    settings.write_text(PipelineSettings.model_validate(
+        {"lesions": {"backend": "nnunet", "nnunet": {"model_dir": str(model)}}}).model_dump_json())
+    subset = subset_of(archive, COHORT_CASES[:3], tmp_path / "archive")
+    studies = find_studies(subset)
+    victim = studies[1]
+    out = tmp_path / "out"
+    worker = start_worker(redis_url, "w1", tmp_path, runner="in-process", preload=settings)
+    log = tmp_path / "worker-w1.log"
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_once() -> None:  # the pool process, once the victim's run has begun logging
+        started = out / RESULTS_DIR / (victim.key + PARTIAL_SUFFIX) / "pipeline.log"
+        while not stop.is_set() and not killed:
+            pool = children_of(worker.pid)
+            if started.is_file() and started.stat().st_size > 0 and len(pool) == 1:
+                os.kill(pool[0], signal.SIGKILL)
+                killed.append(pool[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_once, daemon=True)
+    killer.start()
+    try:
+        counts = run_batch(subset, out, BatchOptions("celery", None, STUDY_TIMEOUT_S, settings.read_text(),
+                                                     celery=celery_settings(redis_url), max_deliveries=3))
+    finally:
+        stop.set()
+        killer.join(5)
+        stop_worker(worker)
+    assert killed, "the victim study ended before its pool process could be killed"
+    assert counts.done == 3 and counts.failed == 0
+    rows = assert_each_once(out, subset)
+    assert all(r["n_tnm8"] == "N0" for r in rows), "a model that finds no lesion stages every study N0"
+    manifests = {s.key: read_manifest(out / RESULTS_DIR / s.key) for s in studies}
+    assert all(m is not None and m.ok and m.runner == "InProcessExecutor" for m in manifests.values())
+    assert manifests[victim.key].deliveries == 2, "the killed study ran again exactly once"
+    assert manifests[victim.key].pid not in (None, killed[0]), "the victim ran again in the replacement process"
+    assert all(parent_of(m.pid) is None for m in manifests.values()), "the studies ran in the pool processes"
+    text = log.read_text()
+    preloads = text.count("models loaded in")
+    loads = text.count("model cache: loaded")
+    assert preloads == 2, f"one preload per pool process (the first and its replacement), not {preloads}"
+    assert loads == 2, f"the lesion model was loaded {loads} times: only at each pool process's start"

@@ -255,6 +255,18 @@ def test_compose_scale_out_adds_redis_and_a_gpu_worker_on_the_node_volume(compos
     assert node_data and _mounts(worker)["/var/lib/nodestage"] == node_data["/var/lib/nodestage"]
     device = worker["deploy"]["resources"]["reservations"]["devices"][0]
     assert "gpu" in device["capabilities"] and device["device_ids"] == [worker["environment"]["CUDA_VISIBLE_DEVICES"]]
+    _assert_models_stay_loaded(worker["environment"], _mounts(worker))
+
+
+def _assert_models_stay_loaded(env: dict, mounts: dict | None = None) -> None:
+    """A GPU worker runs studies in process and preloads the pipeline config it is given."""
+    from dicomnode.run.celery_app import ENV_PRELOAD, ENV_RUNNER, RUNNER_IN_PROCESS
+
+    assert env[ENV_RUNNER] == RUNNER_IN_PROCESS
+    if mounts is not None:
+        assert env[ENV_PRELOAD] in mounts, "the preloaded config is mounted into the worker"
+    else:
+        assert env[ENV_PRELOAD].startswith("/")
 
 
 def test_worker_systemd_template_pins_one_gpu_per_instance():
@@ -264,6 +276,8 @@ def test_worker_systemd_template_pins_one_gpu_per_instance():
     module = _celery_app_module(exec_start)
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
     assert " -c 1 " in exec_start and "%%h" in exec_start, "one study at a time; %h escaped for systemd"
+    env = dict(m.split("=", 1) for m in re.findall(r"^Environment=(\S+)$", unit, re.M))
+    _assert_models_stay_loaded(env)
 
 
 def test_compose_ohif_is_the_version_the_viewer_tests_exercise(compose):
