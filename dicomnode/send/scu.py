@@ -1,9 +1,11 @@
 """Sending results: C-STORE on one association per destination, and C-ECHO.
 
-`send_files` proposes an explicit presentation context per SOP class (the file's
-own transfer syntax, then Explicit and Implicit VR Little Endian), checks that
-each was accepted, and checks the status of every C-STORE; any failure raises
-`SendError` with a one-line reason. TCP_NODELAY is set on the socket.
+`send_files` proposes an explicit presentation context per SOP class (Explicit
+and Implicit VR Little Endian, and a compressed file's own syntax, such as the
+RLE SEG's, in a context of its own), checks that each class was accepted, and
+checks the status of every C-STORE; any failure raises `SendError` with a
+one-line reason. A compressed file goes decompressed to a peer that took only
+uncompressed syntaxes for its SOP class. TCP_NODELAY is set on the socket.
 
 The outbox that retries sends is `dicomnode.send.outbox`; the silent-mode ledger
 is `dicomnode.send.ledger`.
@@ -155,15 +157,19 @@ def send_files(files: list[Path], ae_title: str, host: str, port: int, calling_a
             raise SendError(f"cannot read output {Path(path).name}: {type(exc).__name__}") from None
         datasets.append((Path(path), ds))
     ae = _make_ae(calling_aet, settings or SendSettings())
-    syntaxes: dict[str, list[str]] = {}
+    syntaxes: dict[str, list[list[str]]] = {}  # SOP class -> its presentation contexts' syntaxes
     for _, ds in datasets:
         ts = str(ds.file_meta.TransferSyntaxUID)
-        wanted = syntaxes.setdefault(str(ds.SOPClassUID), [])
-        for t in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if t not in wanted and (t == ts or not UID(ts).is_compressed):
-                wanted.append(t)
-    for sop_class, ts_list in syntaxes.items():
-        ae.add_requested_context(sop_class, ts_list)
+        wanted = syntaxes.setdefault(str(ds.SOPClassUID), [[ExplicitVRLittleEndian, ImplicitVRLittleEndian]])
+        if UID(ts).is_compressed and [ts] not in wanted:
+            # In a context of its own: offered in one list with uncompressed syntaxes, peers
+            # (Orthanc, pynetdicom) pick an uncompressed one.
+            wanted.insert(0, [ts])
+        elif ts not in wanted[-1]:
+            wanted[-1].insert(0, ts)
+    for sop_class, contexts in syntaxes.items():
+        for ts_list in contexts:
+            ae.add_requested_context(sop_class, ts_list)
     assoc = _associate(ae, ae_title, host, port, ssl_context)
     statuses: list[int] = []
     try:
@@ -171,7 +177,14 @@ def send_files(files: list[Path], ae_title: str, host: str, port: int, calling_a
         for sop_class in syntaxes:
             if sop_class not in accepted:
                 raise SendError(f"{ae_title} did not accept {UID(sop_class).name}")
+        taken: dict[str, set[str]] = {}
+        for cx in assoc.accepted_contexts:
+            taken.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
         for path, ds in datasets:
+            ts = str(ds.file_meta.TransferSyntaxUID)
+            if UID(ts).is_compressed and ts not in taken[str(ds.SOPClassUID)]:
+                # the peer took only uncompressed syntaxes for this SOP class; same instance, so keep its UID
+                ds.decompress(generate_instance_uid=False)
             status = assoc.send_c_store(ds)
             if not status or "Status" not in status:
                 raise SendError(f"no C-STORE response for {path.name} from {ae_title} "

@@ -2,7 +2,7 @@
 
 `write_outputs(result, out_dir, settings)` writes, under `out_dir`:
 
-    dicom/seg.dcm            lesion SEG (BINARY), series number = settings.series_number_base: the
+    dicom/seg.dcm            lesion SEG (settings.seg_encoding), series number = settings.series_number_base: the
                              primary and the positive, equivocal and enlarged non-avid nodes
                              (every finding with settings.seg_all_findings); absent when there is
                              none, since a SEG needs a segment

@@ -1,4 +1,4 @@
-"""DICOM Segmentation (BINARY) of the lesions, and optionally of the IASLC station map.
+"""DICOM Segmentation of the lesions, and optionally of the IASLC station map.
 
 One segment per key finding (the primary and the positive, equivocal and enlarged
 non-avid nodes; every finding when `outputs.seg_all_findings`), numbered by
@@ -13,11 +13,19 @@ non-avid nodes; every finding when `outputs.seg_all_findings`), numbered by
   anatomic region = the station's CID 7600 concept with a laterality modifier;
 - segment label for a viewer's list: "Node 2: 4R, SUVmax 6.1, positive" (LO, 64).
 
-BINARY, not LABELMAP: dcmtk 3.6.7 and dciodvfy do not know the LABELMAP SOP class
-(ENVIRONMENT.md). Frames are written against the source CT instances in slice
-order (checked); only the run of slices that holds the segments is passed to
-highdicom (it handles every frame it is given, and a full CT is hundreds), and empty
-frames are omitted.
+BINARY or FRACTIONAL, not LABELMAP: dcmtk 3.6.7 and dciodvfy do not know the LABELMAP
+SOP class (ENVIRONMENT.md). By default (`outputs.seg_encoding: fractional_rle`) the binary
+masks are stored as FRACTIONAL, OCCUPANCY, with only the values 0 and 255, in RLE Lossless:
+an uncompressed BINARY frame costs 32 KB per 512 x 512 slice whatever it holds (ACRIN: 2.6 MB),
+highdicom compresses BINARY only as JPEG 2000, which dcmqi's DCMTK cannot read, while RLE of
+mostly-zero bytes is about 6x smaller (ACRIN: 0.4 MB). Readers lose nothing: dcmqi reads the
+same masks, and OHIF/cornerstone draws a FRACTIONAL SEG holding only 0 and its maximum as a
+binary one. `binary` keeps uncompressed BINARY for a reader that cannot take FRACTIONAL.
+Frames stay the full size of the CT: cornerstone refuses SEG frames of another size.
+
+Frames are written against the source CT instances in slice order (checked); only the
+run of slices that holds the segments is passed to highdicom (it handles every frame it
+is given, and a full CT is hundreds), and empty frames are omitted.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ import numpy as np
 import SimpleITK as sitk
 from highdicom import UID
 from highdicom.color import CIELabColor
-from highdicom.seg import Segmentation, SegmentAlgorithmTypeValues, SegmentDescription, SegmentationTypeValues
+from highdicom.seg import (Segmentation, SegmentAlgorithmTypeValues, SegmentationFractionalTypeValues,
+                           SegmentationTypeValues, SegmentDescription)
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from pipeline import codes
 from pipeline.outputs import common
@@ -43,6 +53,22 @@ from pipeline.study_result import Lesion, LesionKind, StudyResult
 logger = logging.getLogger(__name__)
 
 Sources = Sequence[Dataset | str | Path] | None
+
+# FRACTIONAL pixels are 8-bit: a voxel inside a segment is stored as this value, outside as 0.
+MAX_FRACTIONAL_VALUE = 255
+
+
+def _encoding(settings: OutputSettings) -> dict:
+    """highdicom keyword arguments for `outputs.seg_encoding` (module docstring: why)."""
+    if settings.seg_encoding == "binary":
+        return {"segmentation_type": SegmentationTypeValues.BINARY,
+                "transfer_syntax_uid": ExplicitVRLittleEndian}
+    # A label map of segment numbers: highdicom turns each segment into a 0/1 mask and scales it
+    # by max_fractional_value, so the stored values are exactly 0 and 255.
+    return {"segmentation_type": SegmentationTypeValues.FRACTIONAL,
+            "fractional_type": SegmentationFractionalTypeValues.OCCUPANCY,
+            "max_fractional_value": MAX_FRACTIONAL_VALUE,
+            "transfer_syntax_uid": RLELossless}
 
 
 def _with_laterality(region: CodedConcept, laterality: CodedConcept | None) -> CodedConcept:
@@ -136,7 +162,7 @@ def _build(sources: list[Dataset], labels: sitk.Image, mapping: dict[int, int],
         seg = Segmentation(
             source_images=[sources[int(k)] for k in slices],
             pixel_array=array,
-            segmentation_type=SegmentationTypeValues.BINARY,
+            **_encoding(settings),
             segment_descriptions=descriptions,
             series_instance_uid=UID(),
             series_number=series_number,

@@ -17,8 +17,9 @@ from tests.result_factory import outputs_for
 def test_orthanc_stores_our_objects_and_previews_the_summary(phantom_studies, orthanc):
     result, paths = outputs_for(phantom_studies["n2b_right_4r_7"].out_dir)
     dicom_dir = paths["seg"].parent
-    # -R: propose exactly the SOP classes of the files (storescu's default list lacks SEG).
-    sent = storescu(dicom_dir, orthanc.dicom_port, orthanc.aet, extra=["-R"])
+    # -R: propose exactly the SOP classes of the files (storescu's default list lacks SEG);
+    # -xr: also RLE Lossless, the SEG's transfer syntax (outputs.seg_encoding: fractional_rle).
+    sent = storescu(dicom_dir, orthanc.dicom_port, orthanc.aet, extra=["-R", "-xr"])
     assert sent.returncode == 0, sent.stdout[-2000:] + sent.stderr[-2000:]
     instances = orthanc.get("/instances")
     expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p

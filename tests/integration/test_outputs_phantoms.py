@@ -57,7 +57,7 @@ def test_seg_reads_back_voxel_for_voxel(case_outputs):
     study, result, paths = case_outputs
     seg = hd.seg.segread(paths["seg"])
     ct0 = _ct0(result)
-    assert seg.SegmentationType == "BINARY"
+    assert seg.SegmentationType == "FRACTIONAL"  # outputs.seg_encoding default: fractional_rle
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     for key in PATIENT_STUDY:
         assert seg.get(key) == ct0.get(key), key

@@ -71,3 +71,17 @@ def test_real_study_references_resolve_to_the_real_series(real, tmp_path):
     assert set(data["imageLibrary"]) <= set(ct_uids) | pet_uids | {seg.SOPInstanceUID}
     sc = pydicom.dcmread(paths["summary"])
     assert np.asarray(sc.pixel_array).std() > 20
+
+
+def test_real_study_lesion_seg_is_small(real):
+    """Issue #12: the ACRIN lesion SEG ≤ 2 MB. Every frame is a full 512 × 512 CT slice, 32 KB
+    as uncompressed BINARY; the default encoding (FRACTIONAL 0/255, RLE Lossless) is a fraction."""
+    _result, paths = real
+    seg = pydicom.dcmread(paths["seg"], stop_before_pixels=True)
+    size = paths["seg"].stat().st_size
+    frames = int(seg.NumberOfFrames)
+    binary_frame_bytes = int(seg.Rows) * int(seg.Columns) / 8
+    print(f"ACRIN lesion SEG: {size} bytes, {frames} frames, {size / frames:.0f} bytes per frame")
+    assert (int(seg.Rows), int(seg.Columns)) == (512, 512)
+    assert size <= 2 * 1024 * 1024
+    assert size < 0.25 * binary_frame_bytes * frames
