@@ -23,7 +23,7 @@ from pipeline.anatomy import segment
 from pipeline.lesions import detect_lesions
 from pipeline.lesions.reading import station_status
 from pipeline.settings import PipelineSettings
-from pipeline.staging import stage
+from pipeline.staging import boundary_readings, stage
 from pipeline.stations import build_station_map
 from pipeline.study import load_study
 from pipeline.study_result import BackendInfo, LesionKind, NodeStatus, StudyResult
@@ -97,6 +97,8 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         equivocal = sorted({l.station for l in nodes if l.status == NodeStatus.EQUIVOCAL} - set(positive))
         side = primary.side if primary else None
         staging = stage(side, positive)
+        borders = boundary_readings(side, [(l.tracking_id, l.station, l.nearby_stations) for l in nodes
+                                           if l.status == NodeStatus.POSITIVE])
         if_equivocal = stage(side, sorted(set(positive) | set(equivocal))) if equivocal else staging
         if primary is None:
             warnings.append("primary tumour not found: the side is unknown")
@@ -131,6 +133,7 @@ def run_study(study_dir: str | Path, settings: PipelineSettings | None = None, o
         equivocal_stations=equivocal, n_tnm8_if_equivocal_positive=if_equivocal.n_tnm8,
         n_tnm9_if_equivocal_positive=if_equivocal.n_tnm9,
         station_status=station_status([(l.station, l.status) for l in nodes]),
+        boundary_readings=[b.to_dict() for b in borders],
     )
     if out_dir is not None:
         with _timed(timings, "outputs", progress):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,57 @@ def stage(primary_side: Side | None, positive_stations: Iterable[str]) -> Stagin
                 reasons.append(f"{label} {ed}: same for a left and a right primary")
     logger.debug("staged unknown-side primary, stations %s → %s / %s", stations, n8, n9)
     return StagingResult(n8, n9, stations, findings_t, tuple(reasons))
+
+
+@dataclass(frozen=True)
+class BoundaryReading:
+    """The stage if one positive node lay in a neighbouring station: its peak is within a few mm
+    of that station's region, closer than a CT-drawn border and a PET peak can be trusted."""
+
+    node: str  # the node's tracking id, "Node 2 (1R)"
+    station: str
+    alternative: str
+    distance_mm: float
+    n_tnm8: str
+    n_tnm9: str
+    alt_n_tnm8: str
+    alt_n_tnm9: str
+
+    @property
+    def text(self) -> str:
+        """'Node 2 (1R) lies 3 mm from station 2R: N2a (TNM 9), N2 (TNM 8) if it is 2R'."""
+        return (f"{self.node} lies {self.distance_mm:.0f} mm from station {self.alternative}: "
+                f"{self.alt_n_tnm9} (TNM 9), {self.alt_n_tnm8} (TNM 8) if it is {self.alternative}")
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "station": self.station, "alternative": self.alternative,
+                "distance_mm": self.distance_mm, "n_tnm8": self.alt_n_tnm8, "n_tnm9": self.alt_n_tnm9,
+                "text": self.text}
+
+
+def boundary_readings(primary_side: Side | None, positive_nodes: Iterable[tuple[str, str, Mapping[str, float]]],
+                      ) -> list[BoundaryReading]:
+    """For each positive node (tracking id, station, {nearby station: mm}), the N categories with
+    that node moved to each nearby station, kept where a category changes.
+
+    The station keeps its place when another positive node is in it too (the move does not
+    empty it). Nearby stations come from the lesion reading (`stations_near`)."""
+    nodes = [(tid, normalize_station(st), dict(near)) for tid, st, near in positive_nodes]
+    base_stations = [st for _, st, _ in nodes]
+    base = stage(primary_side, base_stations)
+    out = []
+    for i, (tid, station, near) in enumerate(nodes):
+        others = base_stations[:i] + base_stations[i + 1:]
+        for alternative, mm in sorted(near.items(), key=lambda kv: kv[1]):
+            try:
+                alt_station = normalize_station(alternative)
+            except ValueError:
+                continue
+            moved = stage(primary_side, others + [alt_station])
+            if (moved.n_tnm8, moved.n_tnm9) != (base.n_tnm8, base.n_tnm9):
+                out.append(BoundaryReading(tid, station, alt_station, float(mm), base.n_tnm8, base.n_tnm9,
+                                           moved.n_tnm8, moved.n_tnm9))
+    return out
 
 
 def stage_to_json(

@@ -81,6 +81,7 @@ class Lesion:
     rule: str = ""  # the rule (and numbers) that decided kind and status
     physiologic_site: PhysiologicSite | None = None  # set when kind is PHYSIOLOGIC
     peak_mm: tuple[float, float, float] | None = None  # LPS position of SUVmax (station hygiene uses it)
+    nearby_stations: dict[str, float] = field(default_factory=dict)  # other stations within a few mm of the peak
 
     @property
     def equivocal(self) -> bool:
@@ -88,6 +89,7 @@ class Lesion:
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
+        d["nearby_stations"] = dict(self.nearby_stations)
         d["centroid_mm"] = [round(v, 2) for v in self.centroid_mm]
         if self.peak_mm is not None:
             d["peak_mm"] = [round(v, 2) for v in self.peak_mm]
@@ -139,6 +141,8 @@ class StudyResult:
     n_tnm8_if_equivocal_positive: str | None = None
     n_tnm9_if_equivocal_positive: str | None = None
     station_status: dict[str, str] = field(default_factory=dict)  # station -> NodeStatus value of its most avid node
+    # the N category again with one positive node moved across a station border it lies within a few mm of
+    boundary_readings: list[dict[str, Any]] = field(default_factory=list)  # staging.BoundaryReading.to_dict()
     lesion_labels: sitk.Image | None = None
     station_labels: sitk.Image | None = None
     station_values: dict[str, int] = field(default_factory=dict)
@@ -158,6 +162,7 @@ class StudyResult:
             "n_tnm8_if_equivocal_positive": self.n_tnm8_if_equivocal_positive,
             "n_tnm9_if_equivocal_positive": self.n_tnm9_if_equivocal_positive,
             "station_status": self.station_status,
+            "boundary_readings": self.boundary_readings,
             "primary_side": self.primary_side,
             "staging": self.staging,
             "positivity_rule": self.positivity_rule,

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,6 +28,9 @@ PRIMARY_MIN_SHELL_FRACTION = 0.15  # a central mass must at least abut the lung
 CENTRAL_PRIMARY_MIN_ML = 10.0
 DIAPHRAGM_MARGIN_MM = 10.0
 NEAR_STATION_MM = 5.0
+# A node whose peak lies this close to another station's region could be in either: station
+# borders drawn on CT are uncertain by a few mm, and the PET peak by about one PET voxel.
+BOUNDARY_MM = 5.0
 DOME_REACH_MM = 60.0  # lung this close above the peak, in its own column: the peak is under the diaphragm dome ...
 DOME_HEIGHT_MM = 80.0  # the dome rises at most this far above the lowest lung (the costophrenic recesses)
 DOME_MIN_DEPTH_MM = 15.0  # ... and at least this far below it (a 9R/9L node touches the lung base)
@@ -58,6 +61,7 @@ class Candidate:
     below_diaphragm: bool
     in_thorax: bool
     ct_only: bool = False
+    nearby_stations: dict[str, float] = field(default_factory=dict)  # other stations within BOUNDARY_MM of the peak
     physiologic: tuple[PhysiologicSite, str] | None = None
     abdominal_organ: str | None = None
     component: int = 0  # the connected component it was split from
@@ -96,6 +100,30 @@ def station_at(stations: np.ndarray | None, value_to_station: dict[int, str], pe
     if d[j] > NEAR_STATION_MM:
         return None, float("inf")
     return value_to_station[int(local[tuple(np.argwhere(known)[j])])], float(d[j])
+
+
+def stations_near(stations: np.ndarray | None, value_to_station: dict[int, str], peak, spacing: np.ndarray,
+                  radius_mm: float = BOUNDARY_MM) -> dict[str, float]:
+    """Each station region within `radius_mm` of the peak voxel, with its distance (mm), the
+    peak's own station excluded: the stations a boundary call could have gone to instead."""
+    if stations is None:
+        return {}
+    own = value_to_station.get(int(stations[tuple(peak)]))
+    r = np.ceil(radius_mm / np.asarray(spacing, float)).astype(int)
+    box = tuple(slice(max(int(c) - k, 0), int(c) + k + 1) for c, k in zip(peak, r))
+    local = np.asarray(stations[box])
+    others = [v for v, name in value_to_station.items() if name != own]
+    known = np.isin(local, others)
+    if not known.any():
+        return {}
+    where = np.argwhere(known)
+    d = np.sqrt((((where + [b.start for b in box] - np.array(peak)) * spacing) ** 2).sum(axis=1))
+    out: dict[str, float] = {}
+    for (idx, dist) in zip(where, d):
+        if dist <= radius_mm:
+            name = value_to_station[int(local[tuple(idx)])]
+            out[name] = min(out.get(name, np.inf), float(dist))
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: kv[1])}
 
 
 def lung_side(anatomy_arr: np.ndarray, names: dict[str, int], lungs: dict[str, np.ndarray | None],

@@ -197,7 +197,8 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
             mtv_ml=c.mtv_ml, tlg=c.tlg, short_axis_mm=c.short_axis, voxel_count=int(c.local.sum()),
             station=naming.station, side=naming.side, lobe=c.lobe if naming.kind == LesionKind.PRIMARY else None,
             status=status, positive=positive, rule=rule, physiologic_site=naming.physiologic_site,
-            peak_mm=c.peak_mm))
+            peak_mm=c.peak_mm,
+            nearby_stations=dict(c.nearby_stations) if naming.kind == LesionKind.NODE else {}))
     return lesions, out_labels
 
 
@@ -231,13 +232,14 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
     short = soft_mm if body.any() else short_axis_mm(local, sp)
     suvmax = float(values.max()) if ct_only else float(max(pet_max.get(lab, 0.0), values.max()))
     station, station_mm = classify.station_at(stations, value_to_station, peak, sp)
+    nearby = classify.stations_near(stations, value_to_station, peak, sp) if station_mm == 0.0 else {}
     c = classify.Candidate(
         label=lab, sl=sl, local=local, peak=peak, centroid_mm=physical(ct_img, c_index), peak_mm=peak_mm,
         suvmax=suvmax, suvpeak=suv_peak(s_local, local, sp), suvmean=float(values.mean()),
         mtv_ml=float(local.sum() * vml), short_axis=short,
         station=station, station_distance_mm=station_mm,
         lung_fraction=lung_fraction, side_by_position=side, lobe=lobe, below_diaphragm=below,
-        in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only)
+        in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only, nearby_stations=nearby)
     if below:
         c.abdominal_organ = organ
     elif not ct_only and lung_fraction < classify.INTRAPULMONARY_SHELL_FRACTION:

@@ -287,6 +287,7 @@ def document_evaluations(result: StudyResult, settings: OutputSettings) -> Conta
     if result.positivity_rule:
         items.append(_text(codes.POSITIVITY_RULE, result.positivity_rule))
     items += [_text(codes.STAGING_REASON, str(r)) for r in result.staging.get("reasons", [])]
+    items += [_text(codes.STAGING_REASON, f"at a station border: {b['text']}") for b in result.boundary_readings]
     for lesion in result.nodes:
         numbers = (f"SUVmax {lesion.suvmax:.2f}, SUVpeak {lesion.suvpeak:.2f}, SUVmean {lesion.suvmean:.2f}, "
                    f"MTV {lesion.mtv_ml:.2f} ml, short axis {lesion.short_axis_mm:.1f} mm")

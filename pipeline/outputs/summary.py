@@ -169,6 +169,19 @@ def n_stage_text(result: StudyResult) -> str:
     return f"TNM 9: {n9}; TNM 8: {n8}"
 
 
+def border_lines(result: StudyResult) -> list[str]:
+    """A positive node within a few mm of a station that would change the stage, numbered as in
+    the findings list: 'At a station border: finding 2 (2L) lies 3 mm from 1L: N3 (TNM 9), N3 (TNM 8) if it is 1L.'"""
+    numbers = {l.tracking_id: i for i, l in enumerate(numbered_findings(result), start=1)}
+    lines = []
+    for r in result.boundary_readings:
+        number = numbers.get(r["node"])
+        who = f"finding {number} ({r['station']})" if number else r["node"]
+        lines.append(f"At a station border: {who} lies {r['distance_mm']:.0f} mm from station {r['alternative']}: "
+                     f"{r['n_tnm9']} (TNM 9), {r['n_tnm8']} (TNM 8) if it is {r['alternative']}.")
+    return lines
+
+
 def stations_text(result: StudyResult) -> str:
     involved = ", ".join(result.involved_stations) or "none"
     text = f"Involved stations: {involved}."
@@ -490,6 +503,8 @@ def render_summary_with_layout(result: StudyResult, settings: OutputSettings | N
     header = _Writer(layout, MARGIN, MARGIN, inner)
     header.add(n_stage_text(result), FONT_TITLE, role="header")
     header.add(stations_text(result), FONT_HEADING, role="header", space_after=2)
+    for line in border_lines(result):
+        header.add(line, FONT_BODY, role="header")
     header.add(f"Coronal PET MIP, SUVbw 0 to {SUV_WINDOW:g} (inverted), patient's right on the image's left. "
                "Numbers refer to the findings list.", FONT_SMALL, MUTED, role="header", space_after=GAP // 2)
 

@@ -20,7 +20,7 @@ from pipeline import codes
 from pipeline.outputs import common, write_outputs
 from pipeline.outputs.common import Category
 from pipeline.outputs.seg import build_lesion_seg
-from pipeline.outputs.summary import render_summary_with_layout, wrap_text, _font
+from pipeline.outputs.summary import numbered_findings, render_summary_with_layout, wrap_text, _font
 from pipeline.settings import OutputSettings
 from pipeline.study_result import LesionKind, NodeStatus
 from tests.result_factory import dciodvfy, result_from_phantom
@@ -240,3 +240,30 @@ def test_result_json_carries_the_three_tier_fields(written):
     assert {"physiologic", "distant", "node", "primary"} <= kinds
     physiologic = next(l for l in data["lesions"] if l["kind"] == "physiologic")
     assert physiologic["physiologic_site"] == "bone_marrow" and physiologic["peak_mm"]
+
+
+def test_a_positive_node_at_a_category_changing_border_is_reported_both_ways(equivocal_result, tmp_path):
+    """A positive 2L node whose peak lies 3 mm from 1L: the summary header and the SR give the
+    stage it would have in 1L (N3), beside the stage it has."""
+    from pipeline.staging import boundary_readings
+
+    node = next(l for l in equivocal_result.nodes if l.station == "2L" and l.positive)
+    readings = boundary_readings("left", [(l.tracking_id, l.station, {"1L": 3.0} if l is node else {})
+                                          for l in equivocal_result.nodes if l.positive])
+    result = dataclasses.replace(equivocal_result, boundary_readings=[r.to_dict() for r in readings])
+    expected = f"{node.tracking_id} lies 3 mm from station 1L: N3 (TNM 9), N3 (TNM 8) if it is 1L"
+    assert [r["text"] for r in result.boundary_readings] == [expected]
+    _pixels, layout = render_summary_with_layout(result)
+    header = " ".join(t.text for t in layout.texts if t.role == "header")
+    number = [l.tracking_id for l in numbered_findings(result)].index(node.tracking_id) + 1
+    assert (f"At a station border: finding {number} (2L) lies 3 mm from station 1L: N3 (TNM 9), N3 (TNM 8) "
+            "if it is 1L.") in header, "numbered as in the findings list"
+    for t in layout.texts:
+        assert _inside(t.box, layout.width, layout.height), (t.role, t.text, t.box)
+    paths = write_outputs(result, tmp_path, OutputSettings())
+    sr = pydicom.dcmread(paths["sr"])
+    (container,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    texts = [i.TextValue for i in container.ContentSequence if i.ValueType == "TEXT"]
+    assert f"at a station border: {expected}" in texts
+    assert json.loads(paths["result"].read_text())["boundary_readings"][0]["alternative"] == "1L"
+    assert dciodvfy(paths["sr"])[1] == []

@@ -33,6 +33,16 @@ def test_a_peak_just_outside_a_station_is_named_with_its_distance_and_never_posi
     assert cap_outside_station(NodeStatus.NEGATIVE, "negative", d)[0] == NodeStatus.NEGATIVE
 
 
+def test_stations_near_a_peak_are_those_within_the_border_margin():
+    st = np.zeros((20, 40, 40), np.uint8)
+    st[:, :, 0:15] = 1  # 4R
+    st[:, :, 15:40] = 2  # 7, touching 4R at x 14/15
+    near = classify.stations_near(st, VALUES, (10, 20, 13), SPACING)  # 4R, two columns from 7
+    assert list(near) == ["7"] and 0 < near["7"] <= classify.BOUNDARY_MM
+    assert classify.stations_near(st, VALUES, (10, 20, 2), SPACING) == {}, "deep inside 4R: no other station"
+    assert classify.stations_near(None, VALUES, (10, 20, 13), SPACING) == {}
+
+
 def test_a_peak_in_no_station_is_outside_stations():
     st = np.zeros((20, 40, 40), np.uint8)
     st[:, :, 0:5] = 1

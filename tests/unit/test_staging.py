@@ -6,6 +6,7 @@ import json
 import pytest
 
 from pipeline.staging import (
+    boundary_readings,
     STATIONS,
     StagingResult,
     StationFinding,
@@ -327,3 +328,27 @@ def test_stage_to_json_with_edition(edition, n):
 def test_stage_to_json_bad_edition(bad):
     with pytest.raises(ValueError, match="edition"):
         stage_to_json("left", ["7"], bad)
+
+
+# ----------------------------------------------------------------------------- border readings
+def test_a_positive_node_at_a_category_changing_border_gives_the_other_reading():
+    readings = boundary_readings("right", [("Node 2 (1R)", "1R", {"2R": 3.0})])
+    assert len(readings) == 1
+    r = readings[0]
+    assert (r.n_tnm8, r.n_tnm9, r.alt_n_tnm8, r.alt_n_tnm9) == ("N3", "N3", "N2", "N2a")
+    assert r.text == "Node 2 (1R) lies 3 mm from station 2R: N2a (TNM 9), N2 (TNM 8) if it is 2R"
+
+
+def test_a_border_that_changes_nothing_is_not_reported():
+    assert boundary_readings("right", [("Node 1 (4R)", "4R", {"2R": 2.0})]) == [], "4R and 2R: both N2a"
+    assert boundary_readings("right", [("Node 1 (1R)", "1R", {})]) == []
+
+
+def test_a_station_held_by_another_positive_node_stays_involved():
+    nodes = [("Node 1 (1R)", "1R", {"2R": 2.0}), ("Node 2 (1R)", "1R", {})]
+    assert boundary_readings("right", nodes) == [], "moving one of two 1R nodes leaves 1R involved"
+
+
+def test_moving_the_only_node_of_a_station_can_change_n2a_to_n2b():
+    readings = boundary_readings("right", [("Node 1 (4R)", "4R", {}), ("Node 2 (2R)", "2R", {"4R": 4.0})])
+    assert [(r.alternative, r.alt_n_tnm9) for r in readings] == [("4R", "N2a")]
