@@ -1,13 +1,14 @@
 """Throughput of `nodestage batch` against the number of Celery workers (1, 2), on this machine's CPU.
 
-    .venv/bin/python bench/bench_batch.py [--studies 8] [--workers 1 2] [--local]
+    .venv/bin/python bench/bench_batch.py [--studies 8] [--workers 1 2] [--local] [--runner subprocess in-process]
 
 A real Redis (redis-server on a free loopback port) and real `celery worker -c 1` processes,
 as deploy/ runs them; small phantom studies (classical anatomy, SUV-threshold lesions). Each
 setting runs a fresh output folder; the figure is studies per hour of wall time from the first
 submission to the last ledger row, worker start-up excluded. With --local, the local executor
-with the same number of processes is measured as well. Prints a Markdown table for
-bench/RESULTS.md.
+with the same number of processes is measured as well. --runner picks the workers' runner(s):
+a child process per study, or the study in the pool process (models kept loaded). Prints a
+Markdown table for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -45,12 +46,12 @@ def make_archive(root: Path, n: int) -> Path:
     return archive
 
 
-def run_celery(archive: Path, root: Path, n_workers: int) -> tuple[float, int]:
-    with running_redis(root / f"redis-{n_workers}") as redis:
-        workers = [start_worker(redis.url, f"bench{i}", root) for i in range(n_workers)]
+def run_celery(archive: Path, root: Path, n_workers: int, runner: str = "subprocess") -> tuple[float, int]:
+    with running_redis(root / f"redis-{runner}-{n_workers}") as redis:
+        workers = [start_worker(redis.url, f"bench{i}", root, runner=runner) for i in range(n_workers)]
         try:
             start = time.monotonic()
-            counts = run_batch(archive, root / f"out-celery-{n_workers}",
+            counts = run_batch(archive, root / f"out-celery-{runner}-{n_workers}",
                                BatchOptions("celery", None, STUDY_TIMEOUT_S,
                                             celery=CelerySettings(redis.url, redis.url, TIME_LIMIT_S, VISIBILITY_S)))
             return time.monotonic() - start, counts.done
@@ -70,19 +71,22 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--local", action="store_true", help="also the local executor with as many processes")
+    parser.add_argument("--runner", nargs="+", default=["subprocess"], choices=["subprocess", "in-process"],
+                        help="the Celery workers' runner(s) to measure")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:
         archive = make_archive(root, args.studies)
         rows = []
-        modes = ([("local", run_local)] if args.local else []) + [("celery", run_celery)]
+        modes = ([("local", run_local, ())] if args.local else []) + [
+            (f"celery {runner}", run_celery, (runner,)) for runner in args.runner]
         # each setting in a fresh process: a Celery client whose Redis has been stopped keeps a result
         # listener that spins on reconnects, and would slow every later run of the same process
         spawn = multiprocessing.get_context("spawn")
-        for name, fn in modes:
+        for name, fn, extra in modes:
             for n in args.workers:
                 with spawn.Pool(1) as pool:
-                    seconds, done = pool.apply(fn, (archive, root, n))
+                    seconds, done = pool.apply(fn, (archive, root, n, *extra))
                 rows.append((name, n, done, seconds))
                 print(f"{name} x{n}: {done} studies in {seconds:.1f} s", file=sys.stderr, flush=True)
         print(f"| executor | workers | studies | wall s | studies/h | s/study |  (cpu count {os.cpu_count()})")

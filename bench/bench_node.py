@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,11 +45,11 @@ sys.path.insert(0, str(PROJECT_ROOT))
 import pydicom  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
+from bench._common import NODELAY_ENV, fresh_node, fresh_orthanc, fresh_storescp  # noqa: E402
 from dicomnode.app import demo  # noqa: E402
-from dicomnode.app.config import load_config  # noqa: E402
 from dicomnode.app.node import Node  # noqa: E402
 from pipeline import phantom  # noqa: E402
-from tests.peers import free_port, start_orthanc, stop_orthanc  # noqa: E402
+from tests.peers import free_port  # noqa: E402
 
 N_INSTANCES = 500
 N_BLOCKS = 4
@@ -98,7 +97,7 @@ def make_ct500(full_ct_dir: Path, out: Path) -> Path:
 
 def send(ct500: Path, port: int, called_aet: str, associations: int) -> float:
     """storescu (TCP_NODELAY=1) on 1 or 4 concurrent associations; returns the wall time in seconds."""
-    env = dict(os.environ, TCP_NODELAY="1")
+    env = dict(os.environ, **NODELAY_ENV)
     if associations == 1:
         targets = [[str(ct500)]]
     else:
@@ -125,104 +124,36 @@ def send(ct500: Path, port: int, called_aet: str, associations: int) -> float:
     return elapsed
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
 # ------------------------------------------------------------------ receivers (one fresh receiver per run)
 
 
 def run_node(ct500: Path, work: Path, associations: int, fsync: bool, engine: str = "native") -> float:
-    root = work / "node"
-    shutil.rmtree(root, ignore_errors=True)
-    env = {
-        "NODESTAGE__NODE__PORT": str(free_port()),
-        "NODESTAGE__STORAGE__SPOOL_DIR": str(root / "spool"),
-        "NODESTAGE__STORAGE__ARCHIVE_DIR": str(root / "archive"),
-        "NODESTAGE__STORAGE__WORK_DIR": str(root / "work"),
-        "NODESTAGE__STORAGE__DATABASE": str(root / "nodestage.sqlite"),
-        "NODESTAGE__STORAGE__LEDGER": str(root / "ledger.csv"),
-        "NODESTAGE__STORAGE__FSYNC": "true" if fsync else "false",
-        "NODESTAGE__NODE__ENGINE": engine,
-        "NODESTAGE__WORKER__CONCURRENCY": "0",
-        "NODESTAGE__SEND__ECHO_AT_STARTUP": "false",
-        "NODESTAGE__LOGGING__LEVEL": "WARNING",
-    }
-    config = load_config(PROJECT_ROOT / "config.yaml", environ=env)
-    node = Node(config).start()
-    try:
-        elapsed = send(ct500, node.port, config.node.ae_title, associations)
+    with fresh_node(work / "node", engine, {"NODESTAGE__STORAGE__FSYNC": "true" if fsync else "false"}) as node:
+        elapsed = send(ct500, node.port, node.config.node.ae_title, associations)
         n = node.storage.query("SELECT COUNT(*) AS n FROM instances WHERE kept = 1")[0]["n"]
-        if n != N_INSTANCES:
-            raise RuntimeError(f"the node holds {n} instances, expected {N_INSTANCES}")
-        return elapsed
-    finally:
-        node.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    if n != N_INSTANCES:
+        raise RuntimeError(f"the node holds {n} instances, expected {N_INSTANCES}")
+    return elapsed
 
 
 def run_storescp(ct500: Path, work: Path, associations: int, fork: bool) -> float:
     out = work / "storescp"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    port = free_port()
-    env = dict(os.environ, TCP_NODELAY="1")
-    cmd = ["storescp", *(["--fork"] if fork else []), "-od", str(out), str(port)]
-    log = open(work / "storescp.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        wait_port(port)
+    with fresh_storescp(out, work / "storescp.log", fork) as port:
         elapsed = send(ct500, port, "STORESCP", associations)
         n = sum(1 for p in out.iterdir() if p.is_file())
-        if n != N_INSTANCES:
-            raise RuntimeError(f"storescp wrote {n} files, expected {N_INSTANCES}")
-        return elapsed
-    finally:
-        try:
-            os.killpg(proc.pid, 15)  # storescp --fork children are in its session
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
-        log.close()
-        shutil.rmtree(out, ignore_errors=True)
+    if n != N_INSTANCES:
+        raise RuntimeError(f"storescp wrote {n} files, expected {N_INSTANCES}")
+    return elapsed
 
 
 def run_orthanc(ct500: Path, work: Path, associations: int, nodelay: bool = False) -> float:
     """Orthanc as tests.peers starts it; nodelay=True adds TCP_NODELAY=1 to its environment (its dcmtk reads it)."""
-    root = work / "orthanc"
-    shutil.rmtree(root, ignore_errors=True)
-    previous = os.environ.get("TCP_NODELAY")
-    if nodelay:
-        os.environ["TCP_NODELAY"] = "1"
-    else:
-        os.environ.pop("TCP_NODELAY", None)
-    try:
-        peer = start_orthanc(root)
-    finally:
-        if previous is None:
-            os.environ.pop("TCP_NODELAY", None)
-        else:
-            os.environ["TCP_NODELAY"] = previous
-    try:
+    with fresh_orthanc(work / "orthanc", nodelay) as peer:
         elapsed = send(ct500, peer.dicom_port, peer.aet, associations)
         n = peer.get("/statistics")["CountInstances"]
-        if n != N_INSTANCES:
-            raise RuntimeError(f"Orthanc holds {n} instances, expected {N_INSTANCES}")
-        return elapsed
-    finally:
-        stop_orthanc(peer)
-        shutil.rmtree(root, ignore_errors=True)
+    if n != N_INSTANCES:
+        raise RuntimeError(f"Orthanc holds {n} instances, expected {N_INSTANCES}")
+    return elapsed
 
 
 def throughput(ct500: Path, work: Path, reps: int, only: list[str] | None = None) -> dict:

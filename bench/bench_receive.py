@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,10 +31,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from dicomnode.app.config import load_config  # noqa: E402
-from dicomnode.app.node import Node  # noqa: E402
+from bench._common import NODELAY_ENV, fresh_node, fresh_orthanc, fresh_storescp  # noqa: E402
 from pipeline import phantom  # noqa: E402
-from tests.peers import free_port, start_orthanc, stop_orthanc  # noqa: E402
 
 ACRIN = PROJECT_ROOT.parent / "shared" / "data" / "petct" / "acrin-nsclc-fdg-pet-042"
 CASE = "n2b_right_4r_7"
@@ -44,7 +41,7 @@ RECEIVERS = ("native", "pynetdicom", "storescp", "orthanc")
 
 
 def send(folder: Path, port: int, called_aet: str) -> float:
-    env = dict(os.environ, TCP_NODELAY="1")
+    env = dict(os.environ, **NODELAY_ENV)
     cmd = ["storescu", "-aet", "STORESCU", "-aec", called_aet, "+sd", "+r", "-R", "127.0.0.1", str(port),
            str(folder)]
     t0 = time.perf_counter()
@@ -55,84 +52,32 @@ def send(folder: Path, port: int, called_aet: str) -> float:
     return elapsed
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
 def run_node(folder: Path, n_files: int, work: Path, engine: str) -> float:
-    root = work / "node"
-    shutil.rmtree(root, ignore_errors=True)
-    env = {
-        "NODESTAGE__NODE__PORT": str(free_port()), "NODESTAGE__NODE__ENGINE": engine,
-        "NODESTAGE__STORAGE__SPOOL_DIR": str(root / "spool"), "NODESTAGE__STORAGE__ARCHIVE_DIR": str(root / "archive"),
-        "NODESTAGE__STORAGE__WORK_DIR": str(root / "work"),
-        "NODESTAGE__STORAGE__DATABASE": str(root / "nodestage.sqlite"),
-        "NODESTAGE__STORAGE__LEDGER": str(root / "ledger.csv"), "NODESTAGE__WORKER__CONCURRENCY": "0",
-        "NODESTAGE__SECURITY__ALLOW_ANY_CALLING_AET": "true",
-        "NODESTAGE__SEND__ECHO_AT_STARTUP": "false", "NODESTAGE__LOGGING__LEVEL": "WARNING",
-    }
-    config = load_config(PROJECT_ROOT / "config.yaml", environ=env)
-    node = Node(config).start()
-    try:
-        elapsed = send(folder, node.port, config.node.ae_title)
+    with fresh_node(work / "node", engine, {"NODESTAGE__SECURITY__ALLOW_ANY_CALLING_AET": "true"}) as node:
+        elapsed = send(folder, node.port, node.config.node.ae_title)
         n = node.storage.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
-        if n != n_files:
-            raise RuntimeError(f"the node ({engine}) indexed {n} instances, expected {n_files}")
-        return elapsed
-    finally:
-        node.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    if n != n_files:
+        raise RuntimeError(f"the node ({engine}) indexed {n} instances, expected {n_files}")
+    return elapsed
 
 
 def run_storescp(folder: Path, n_files: int, work: Path) -> float:
     out = work / "storescp"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    port = free_port()
-    env = dict(os.environ, TCP_NODELAY="1")
-    proc = subprocess.Popen(["storescp", "-od", str(out), str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    try:
-        wait_port(port)
+    with fresh_storescp(out, Path(os.devnull)) as port:
         elapsed = send(folder, port, "STORESCP")
         n = sum(1 for p in out.iterdir() if p.is_file())
-        if n != n_files:
-            raise RuntimeError(f"storescp wrote {n} files, expected {n_files}")
-        return elapsed
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(out, ignore_errors=True)
+    if n != n_files:
+        raise RuntimeError(f"storescp wrote {n} files, expected {n_files}")
+    return elapsed
 
 
 def run_orthanc(folder: Path, n_files: int, work: Path) -> float:
-    root = work / "orthanc"
-    shutil.rmtree(root, ignore_errors=True)
-    previous = os.environ.get("TCP_NODELAY")
-    os.environ["TCP_NODELAY"] = "1"  # Orthanc's dcmtk reads it (bench_node.py: Nagle costs ~40 ms per instance)
-    try:
-        peer = start_orthanc(root)
-    finally:
-        if previous is None:
-            os.environ.pop("TCP_NODELAY", None)
-        else:
-            os.environ["TCP_NODELAY"] = previous
-    try:
+    with fresh_orthanc(work / "orthanc", nodelay=True) as peer:  # bench_node.py: Nagle costs ~40 ms per instance
         elapsed = send(folder, peer.dicom_port, peer.aet)
         n = peer.get("/statistics")["CountInstances"]
-        if n != n_files:
-            raise RuntimeError(f"Orthanc holds {n} instances, expected {n_files}")
-        return elapsed
-    finally:
-        stop_orthanc(peer)
-        shutil.rmtree(root, ignore_errors=True)
+    if n != n_files:
+        raise RuntimeError(f"Orthanc holds {n} instances, expected {n_files}")
+    return elapsed
 
 
 def measure(folder: Path, work: Path, reps: int) -> dict:

@@ -18,43 +18,19 @@ from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInforma
 
 from dicomnode.receive import ul_pdu as pdu
 from tests.node_fixtures import counts, make_config, pynetdicom_store, running_node, small_study, storescu  # noqa: F401
-from tests.unit.test_ul_codec import _command_bytes, _pynetdicom_rq
+from tests.ul_peer import closed_or_aborted, command_bytes, recv_pdu, store_command
+from tests.unit.test_ul_codec import _pynetdicom_rq
 
 pytestmark = pytest.mark.network
-
-
-def _recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    head = b""
-    while len(head) < 6:
-        chunk = sock.recv(6 - len(head))
-        if not chunk:
-            return -1, b""
-        head += chunk
-    length = struct.unpack(">I", head[2:6])[0]
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return head[0], body
 
 
 def _raw_association(port: int) -> socket.socket:
     """An association opened by hand: context 1 is CT Image Storage in explicit VR little endian."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(_pynetdicom_rq())
-    pdu_type, _ = _recv_pdu(sock)
+    pdu_type, _ = recv_pdu(sock)
     assert pdu_type == pdu.A_ASSOCIATE_AC
     return sock
-
-
-def _closed_or_aborted(sock: socket.socket) -> bool:
-    try:
-        pdu_type, _ = _recv_pdu(sock)
-    except (ConnectionResetError, TimeoutError):
-        return True
-    return pdu_type in (-1, pdu.A_ABORT)
 
 
 def test_garbage_and_http_on_the_dicom_port_are_dropped_and_the_node_goes_on(tmp_path, small_study):
@@ -63,7 +39,7 @@ def test_garbage_and_http_on_the_dicom_port_are_dropped_and_the_node_goes_on(tmp
         for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x01\x00\x00\x00\x00\x05abc", b"\x09" * 64):
             with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
                 s.sendall(junk)
-                assert _closed_or_aborted(s)
+                assert closed_or_aborted(s)
         assert storescu(one, node.port).returncode == 0
         assert counts(node)["instances"] == 1
 
@@ -74,8 +50,7 @@ def test_a_sender_that_vanishes_mid_instance_leaves_nothing_and_the_node_goes_on
     ds = pydicom.dcmread(ct[0])
     with running_node(cfg) as node:
         sock = _raw_association(node.port)
-        command = _command_bytes(AffectedSOPClassUID=CTImageStorage, CommandField=0x0001, MessageID=1, Priority=0,
-                                 CommandDataSetType=0x0000, AffectedSOPInstanceUID=ds.SOPInstanceUID)
+        command = store_command(ds.SOPInstanceUID, message_id=1, sop_class=CTImageStorage)
         for raw in pdu.encode_p_data(1, True, command, 0):
             sock.sendall(raw)
         whole = pdu.encode_p_data(1, False, ct[0].read_bytes(), 0)[0]  # one PDU with the data set
@@ -92,17 +67,17 @@ def test_unknown_dimse_request_gets_unrecognised_operation_and_the_association_g
     ct = sorted((small_study.out_dir / "dicom" / "ct").glob("*.dcm"))
     with running_node(make_config(tmp_path)) as node:
         sock = _raw_association(node.port)
-        find = _command_bytes(AffectedSOPClassUID=CTImageStorage, CommandField=0x0020, MessageID=5, Priority=0,
-                              CommandDataSetType=0x0101)
+        find = command_bytes(AffectedSOPClassUID=CTImageStorage, CommandField=0x0020, MessageID=5, Priority=0,
+                             CommandDataSetType=0x0101)
         for raw in pdu.encode_p_data(1, True, find, 0):
             sock.sendall(raw)
-        pdu_type, body = _recv_pdu(sock)
+        pdu_type, body = recv_pdu(sock)
         assert pdu_type == pdu.P_DATA_TF
         (pdv,) = pdu.decode_p_data(memoryview(body))
         response = pydicom.filereader.read_dataset(pydicom.filebase.DicomBytesIO(bytes(pdv.data)), True, True)
         assert (response.CommandField, response.MessageIDBeingRespondedTo, response.Status) == (0x8020, 5, 0x0211)
         sock.sendall(bytes([pdu.A_RELEASE_RQ, 0]) + struct.pack(">I", 4) + bytes(4))
-        assert _recv_pdu(sock)[0] == pdu.A_RELEASE_RP
+        assert recv_pdu(sock)[0] == pdu.A_RELEASE_RP
         sock.close()
         assert pynetdicom_store(node.port, [ct[0]]) == [0x0000]
 
@@ -162,7 +137,7 @@ def test_association_limit_gives_a_transient_rejection(tmp_path, small_study):
         assert first.is_established
         with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
             s.sendall(_pynetdicom_rq())
-            pdu_type, body = _recv_pdu(s)
+            pdu_type, body = recv_pdu(s)
         assert pdu_type == pdu.A_ASSOCIATE_RJ
         assert tuple(body[1:4]) == (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION,
                                     pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
@@ -176,7 +151,7 @@ def test_an_idle_association_is_aborted_after_the_network_timeout(tmp_path, smal
     with running_node(make_config(tmp_path, {"node": {"network_timeout_s": 1}})) as node:
         sock = _raw_association(node.port)
         started = time.monotonic()
-        assert _closed_or_aborted(sock)
+        assert closed_or_aborted(sock)
         assert 0.8 < time.monotonic() - started < 8
         sock.close()
         assert storescu(ct[:1], node.port).returncode == 0

@@ -6,6 +6,8 @@ every 1000 s in these configs), so the timing rules are tested exactly.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -25,12 +27,24 @@ def _files(study, kind: str) -> list:
     return sorted((study.out_dir / "dicom" / kind).glob("*.dcm"))
 
 
+def _uid(study) -> str:
+    return study.truth["dicom"]["study_instance_uid"]
+
+
+@contextmanager
+def _node_after_sending(tmp_path, files, uid: str, timings: dict = TIMINGS):
+    """A running node that has received `files` by C-STORE: yields it and the study's index row.
+
+    Each test then runs the stability scans by hand from that row's times.
+    """
+    with running_node(make_config(tmp_path, timings)) as node:
+        assert storescu(files, node.port).returncode == 0
+        yield node, study_row(node, uid)
+
+
 def test_ready_after_guard_when_every_expected_instance_is_in(tmp_path, small_study):
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
-    with running_node(cfg) as node:
-        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
-        row = study_row(node, uid)
+    uid = _uid(small_study)
+    with _node_after_sending(tmp_path, small_study.out_dir / "dicom", uid) as (node, row):
         t = row["last_received"]
         assert StudyTracker.expected_all_in(node.tracker._series_counts(row["id"]))
         assert node.tracker.scan(now=t + GUARD - 0.5) == []
@@ -44,12 +58,9 @@ def test_ready_after_guard_when_every_expected_instance_is_in(tmp_path, small_st
 def test_ready_only_after_the_quiet_period_when_counts_are_unknown(tmp_path, small_study):
     """A PET slice short of NumberOfSlices: the study waits the full quiet period, then goes
     READY (the pipeline can use the PET it has)."""
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
+    uid = _uid(small_study)
     files = _files(small_study, "ct") + _files(small_study, "pet")[:-1]
-    with running_node(cfg) as node:
-        assert storescu(files, node.port).returncode == 0
-        row = study_row(node, uid)
+    with _node_after_sending(tmp_path, files, uid) as (node, row):
         t = row["last_received"]
         assert not StudyTracker.expected_all_in(node.tracker._series_counts(row["id"]))
         assert node.tracker.scan(now=t + GUARD + 1) == []
@@ -60,12 +71,9 @@ def test_ready_only_after_the_quiet_period_when_counts_are_unknown(tmp_path, sma
 
 
 def test_an_instance_arriving_while_ready_restarts_the_wait(tmp_path, small_study):
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
+    uid = _uid(small_study)
     pet = _files(small_study, "pet")
-    with running_node(cfg) as node:
-        assert storescu(_files(small_study, "ct") + pet[:-1], node.port).returncode == 0
-        row = study_row(node, uid)
+    with _node_after_sending(tmp_path, _files(small_study, "ct") + pet[:-1], uid) as (node, row):
         assert node.tracker.scan(now=row["last_received"] + STABILITY + 1) == [row["id"]]
         assert storescu(pet[-1:], node.port).returncode == 0  # before the job started
         row = study_row(node, uid)
@@ -76,11 +84,8 @@ def test_an_instance_arriving_while_ready_restarts_the_wait(tmp_path, small_stud
 
 
 def test_ct_only_ends_incomplete_after_max_wait_with_the_reason(tmp_path, small_study):
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
-    with running_node(cfg) as node:
-        assert storescu(_files(small_study, "ct"), node.port).returncode == 0
-        row = study_row(node, uid)
+    uid = _uid(small_study)
+    with _node_after_sending(tmp_path, _files(small_study, "ct"), uid) as (node, row):
         assert node.tracker.scan(now=row["last_received"] + STABILITY + 1) == []
         row = study_row(node, uid)
         assert row["state"] == RECEIVING and "no PET" in row["check_reason"]
@@ -90,17 +95,14 @@ def test_ct_only_ends_incomplete_after_max_wait_with_the_reason(tmp_path, small_
         assert "no PET series" in row["reason"] and "after waiting" in row["reason"]
         assert node.storage.query_one("SELECT COUNT(*) FROM jobs")[0] == 0
     # Silent mode: the evaluation must count it as a failure of the node, not as a study it never saw.
-    (ledger_row,) = read_ledger(cfg.storage.ledger)
+    (ledger_row,) = read_ledger(node.config.storage.ledger)
     assert (ledger_row["study_instance_uid"], ledger_row["version"], ledger_row["status"]) == (uid, "1", "failed")
     assert ledger_row["failure_reason"].startswith("incomplete: ") and "no PET series" in ledger_row["failure_reason"]
 
 
 def test_pet_without_ct_ends_incomplete_with_the_reason(tmp_path, small_study):
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
-    with running_node(cfg) as node:
-        assert storescu(_files(small_study, "pet"), node.port).returncode == 0
-        row = study_row(node, uid)
+    uid = _uid(small_study)
+    with _node_after_sending(tmp_path, _files(small_study, "pet"), uid) as (node, row):
         node.tracker.scan(now=row["first_received"] + MAX_WAIT + 1)
         row = study_row(node, uid)
         assert row["state"] == INCOMPLETE
@@ -109,11 +111,8 @@ def test_pet_without_ct_ends_incomplete_with_the_reason(tmp_path, small_study):
 
 def test_late_instances_reopen_the_study_as_a_new_version(tmp_path, small_study):
     """CT first, INCOMPLETE at max wait; the PET arrives late: version 2 is processed."""
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
-    with running_node(cfg) as node:
-        assert storescu(_files(small_study, "ct"), node.port).returncode == 0
-        row = study_row(node, uid)
+    uid = _uid(small_study)
+    with _node_after_sending(tmp_path, _files(small_study, "ct"), uid) as (node, row):
         node.tracker.scan(now=row["first_received"] + MAX_WAIT + 1)
         assert study_row(node, uid)["state"] == INCOMPLETE
         assert storescu(_files(small_study, "pet"), node.port).returncode == 0
@@ -128,11 +127,9 @@ def test_late_instances_reopen_the_study_as_a_new_version(tmp_path, small_study)
 @pytest.mark.parametrize("on_resend, expect_version", [("ignore", 1), ("new_version", 2)])
 def test_resent_study_after_processing(tmp_path, small_study, on_resend, expect_version):
     """An unchanged resend is ignored (or versioned, as configured); a new instance always re-opens."""
-    cfg = make_config(tmp_path, {**TIMINGS, "studies": {**TIMINGS["studies"], "on_resend": on_resend}})
-    uid = small_study.truth["dicom"]["study_instance_uid"]
-    with running_node(cfg) as node:
-        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
-        row = study_row(node, uid)
+    timings = {**TIMINGS, "studies": {**TIMINGS["studies"], "on_resend": on_resend}}
+    uid = _uid(small_study)
+    with _node_after_sending(tmp_path, small_study.out_dir / "dicom", uid, timings) as (node, row):
         node.tracker.scan(now=row["last_received"] + GUARD + 0.1)
         job = node.tracker.claim_next_job()
         node.tracker.finish_job(job, "DONE", None, None)
@@ -161,11 +158,8 @@ def test_completeness_reads_the_index_not_the_files(tmp_path, small_study, monke
 
     import pipeline.series
 
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
-    with running_node(cfg) as node:
-        assert storescu(small_study.out_dir / "dicom", node.port).returncode == 0
-        row = study_row(node, uid)
+    uid = _uid(small_study)
+    with _node_after_sending(tmp_path, small_study.out_dir / "dicom", uid) as (node, row):
         stored = node.storage.query("SELECT scan_info FROM instances WHERE study_id = ?", (row["id"],))
         assert len(stored) == len(_files(small_study, "ct")) + len(_files(small_study, "pet"))
         assert all(json.loads(r["scan_info"])["position"] for r in stored)
@@ -179,10 +173,7 @@ def test_completeness_reads_the_index_not_the_files(tmp_path, small_study, monke
 
 
 def test_completeness_from_the_index_refuses_a_study_without_pet(tmp_path, small_study):
-    cfg = make_config(tmp_path, TIMINGS)
-    uid = small_study.truth["dicom"]["study_instance_uid"]
-    with running_node(cfg) as node:
-        assert storescu(_files(small_study, "ct"), node.port).returncode == 0
-        row = study_row(node, uid)
+    uid = _uid(small_study)
+    with _node_after_sending(tmp_path, _files(small_study, "ct"), uid) as (node, row):
         assert node.tracker.scan(now=row["last_received"] + STABILITY + 1) == []
         assert "no PET" in study_row(node, uid)["check_reason"]

@@ -78,6 +78,28 @@ def make_tracker(storage, clock, settings=SETTINGS, **kw) -> StudyTracker:
     return StudyTracker(storage, settings, clock=clock, **kw)
 
 
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def tracker(storage, clock) -> StudyTracker:
+    """A tracker with the default `SETTINGS` and no callbacks, the set-up most tests share."""
+    return make_tracker(storage, clock)
+
+
+def queue_study(tracker: StudyTracker, storage: Storage, clock: Clock):
+    """Receives instance "1" and waits out the stability window: the study is READY with a QUEUED job.
+
+    The starting point of every job-lifecycle test; returns the `record_instance` answer.
+    """
+    first = receive(tracker, storage, header("1"))
+    clock.advance(tracker.settings.stability_seconds)
+    tracker.scan()
+    return first
+
+
 def jobs(storage: Storage, study_id: int) -> list[tuple[int, str]]:
     return [(r["version"], r["state"]) for r in storage.query(
         "SELECT version, state FROM jobs WHERE study_id = ? ORDER BY id", (study_id,))]
@@ -89,8 +111,7 @@ def test_state_names_are_the_stored_strings():
     assert READY == "READY" and f"{DONE}" == "DONE"
 
 
-def test_receive_stable_queued_running_done(storage, series_check):
-    clock = Clock()
+def test_receive_stable_queued_running_done(storage, clock, series_check):
     ready_calls = []
     tracker = make_tracker(storage, clock, on_ready=lambda: ready_calls.append(clock.now))
     first = receive(tracker, storage, header("1"))
@@ -130,9 +151,7 @@ def test_receive_stable_queued_running_done(storage, series_check):
         (f"{STUDY}.PT", f"{STUDY}.2", storage.spool_path(header("2", "PT", PET)))]
 
 
-def test_every_expected_instance_in_shortens_the_wait_to_the_guard(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
+def test_every_expected_instance_in_shortens_the_wait_to_the_guard(storage, clock, tracker, series_check):
     r = receive(tracker, storage, header("1", images_in_acquisition=1))
     receive(tracker, storage, header("2", "PT", PET, number_of_slices=2))
     clock.advance(5)
@@ -142,12 +161,8 @@ def test_every_expected_instance_in_shortens_the_wait_to_the_guard(storage, seri
     assert tracker.scan() == [r.study_id]
 
 
-def test_a_failed_job_records_an_error(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
-    r = receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+def test_a_failed_job_records_an_error(storage, clock, tracker, series_check):
+    r = queue_study(tracker, storage, clock)
     job = tracker.claim_next_job()
     assert tracker.finish_job(job, FAILED, "no lesions readable", None) is True
     assert tracker.study(r.study_id)["state"] == FAILED
@@ -155,12 +170,8 @@ def test_a_failed_job_records_an_error(storage, series_check):
                                                                                   r.study_id)
 
 
-def test_a_new_instance_after_done_opens_a_new_version(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
-    r = receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+def test_a_new_instance_after_done_opens_a_new_version(storage, clock, tracker, series_check):
+    r = queue_study(tracker, storage, clock)
     v1 = tracker.claim_next_job()
     tracker.finish_job(v1, DONE, None, None)
 
@@ -178,23 +189,16 @@ def test_a_new_instance_after_done_opens_a_new_version(storage, series_check):
     assert storage.query_one("SELECT times_received FROM instances WHERE sop_uid = ?", (f"{STUDY}.1",))[0] == 2
 
 
-def test_an_unchanged_resend_after_done_is_a_new_version_when_configured(storage, series_check):
-    clock = Clock()
+def test_an_unchanged_resend_after_done_is_a_new_version_when_configured(storage, clock, series_check):
     tracker = make_tracker(storage, clock, StudySettings(stability_seconds=60, on_resend="new_version"))
-    receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+    queue_study(tracker, storage, clock)
     tracker.finish_job(tracker.claim_next_job(), DONE, None, None)
     resent = receive(tracker, storage, header("1"))
     assert (resent.state, resent.version, resent.reopened) == (RECEIVING, 2, True)
 
 
-def test_a_new_instance_before_the_job_starts_cancels_it(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
-    r = receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+def test_a_new_instance_before_the_job_starts_cancels_it(storage, clock, tracker, series_check):
+    r = queue_study(tracker, storage, clock)
     more = receive(tracker, storage, header("2"))
     assert (more.state, more.version, more.reopened) == (RECEIVING, 1, False)
     assert jobs(storage, r.study_id) == [(1, JobState.CANCELLED)]
@@ -206,12 +210,8 @@ def test_a_new_instance_before_the_job_starts_cancels_it(storage, series_check):
     assert jobs(storage, r.study_id) == [(1, JobState.CANCELLED), (1, JobState.QUEUED)]
 
 
-def test_a_new_instance_while_running_supersedes_the_running_version(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
-    r = receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+def test_a_new_instance_while_running_supersedes_the_running_version(storage, clock, tracker, series_check):
+    r = queue_study(tracker, storage, clock)
     v1 = tracker.claim_next_job()
     late = receive(tracker, storage, header("2"))
     assert (late.state, late.version, late.reopened) == (RECEIVING, 2, True)
@@ -221,12 +221,8 @@ def test_a_new_instance_while_running_supersedes_the_running_version(storage, se
     assert jobs(storage, r.study_id) == [(1, JobState.DONE)]
 
 
-def test_a_stale_queued_job_is_cancelled_when_claimed(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
-    r = receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+def test_a_stale_queued_job_is_cancelled_when_claimed(storage, clock, tracker, series_check):
+    r = queue_study(tracker, storage, clock)
     with storage.tx() as c:  # a queued job whose study is no longer READY (a crash between two writes)
         c.execute("UPDATE studies SET state = 'RECEIVING' WHERE id = ?", (r.study_id,))
     assert tracker.claim_next_job() is None
@@ -234,8 +230,7 @@ def test_a_stale_queued_job_is_cancelled_when_claimed(storage, series_check):
                                                                       "study changed before the job started")
 
 
-def test_incomplete_after_the_maximum_wait(storage, series_check):
-    clock = Clock()
+def test_incomplete_after_the_maximum_wait(storage, clock, series_check):
     ended: list[Unprocessed] = []
     tracker = make_tracker(storage, clock, on_unprocessed=ended.append)
     series_check.reason = "no attenuation-corrected PET series"
@@ -262,9 +257,7 @@ def test_incomplete_after_the_maximum_wait(storage, series_check):
     assert len(ended) == 1  # ended once
 
 
-def test_only_ignored_instances_end_incomplete_without_a_series_check(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
+def test_only_ignored_instances_end_incomplete_without_a_series_check(storage, clock, tracker, series_check):
     r = receive(tracker, storage, header("1", "SR", SR), kept=False)
     clock.advance(3600)
     tracker.scan()
@@ -272,13 +265,10 @@ def test_only_ignored_instances_end_incomplete_without_a_series_check(storage, s
     assert series_check.calls == 0
 
 
-def test_restart_requeues_a_running_job(tmp_path, series_check):
-    clock = Clock()
+def test_restart_requeues_a_running_job(tmp_path, clock, series_check):
     storage = Storage(tmp_path / "index.sqlite", tmp_path / "spool", fsync=False)
     tracker = make_tracker(storage, clock)
-    r = receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+    r = queue_study(tracker, storage, clock)
     job = tracker.claim_next_job()
     storage.close()  # the node dies with the job RUNNING
 
@@ -303,9 +293,7 @@ def test_restart_requeues_a_running_job(tmp_path, series_check):
         storage.close()
 
 
-def test_restart_gives_a_running_study_without_a_job_a_new_one(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
+def test_restart_gives_a_running_study_without_a_job_a_new_one(storage, clock, tracker, series_check):
     r = receive(tracker, storage, header("1"))
     with storage.tx() as c:  # RUNNING with no live job (a crash between two writes)
         c.execute("UPDATE studies SET state = 'RUNNING' WHERE id = ?", (r.study_id,))
@@ -314,12 +302,8 @@ def test_restart_gives_a_running_study_without_a_job_a_new_one(storage, series_c
     assert jobs(storage, r.study_id) == [(1, JobState.QUEUED)]
 
 
-def test_requeue_after_shutdown_and_reprocess(storage, series_check):
-    clock = Clock()
-    tracker = make_tracker(storage, clock)
-    r = receive(tracker, storage, header("1"))
-    clock.advance(60)
-    tracker.scan()
+def test_requeue_after_shutdown_and_reprocess(storage, clock, tracker, series_check):
+    r = queue_study(tracker, storage, clock)
     job = tracker.claim_next_job()
     assert tracker.reprocess(r.study_id) is False  # RUNNING already
     tracker.requeue(job, "node stopped while the job ran")

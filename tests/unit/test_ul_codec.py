@@ -6,10 +6,7 @@ import struct
 from io import BytesIO
 
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pynetdicom import pdu as pn_pdu
 from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification,
                                        P_DATA, SCP_SCU_RoleSelectionNegotiation)
@@ -17,9 +14,7 @@ from pynetdicom.presentation import build_context
 
 from dicomnode.receive import ul_pdu as pdu
 from dicomnode.receive.ul_dimse import C_STORE_RQ, CommandError, decode_command, encode_response
-
-CT = "1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+from tests.ul_peer import CT, EXPLICIT_LE, IMPLICIT_LE, command_bytes
 
 
 def _pynetdicom_rq(max_length: int = 16384) -> bytes:
@@ -137,27 +132,8 @@ def test_malformed_associate_rq_is_refused():
         pdu.decode_associate_rq(memoryview(raw)[6:])
 
 
-def _command_bytes(**elements) -> bytes:
-    ds = Dataset()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    body = _implicit_le()
-    write_dataset(body, ds)
-    group = Dataset()
-    group.CommandGroupLength = len(body.getvalue())
-    out = _implicit_le()
-    write_dataset(out, group)
-    return out.getvalue() + body.getvalue()
-
-
-def _implicit_le() -> DicomBytesIO:
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = True, True
-    return fp
-
-
 def test_c_store_rq_written_by_pydicom_is_decoded():
-    raw = _command_bytes(AffectedSOPClassUID=CT, CommandField=C_STORE_RQ, MessageID=42, Priority=0,
+    raw = command_bytes(AffectedSOPClassUID=CT, CommandField=C_STORE_RQ, MessageID=42, Priority=0,
                          CommandDataSetType=0x0000, AffectedSOPInstanceUID="1.2.3.4.5",
                          MoveOriginatorApplicationEntityTitle="MOVER")
     cmd = decode_command(raw)
@@ -166,7 +142,7 @@ def test_c_store_rq_written_by_pydicom_is_decoded():
 
 
 def test_response_is_a_valid_command_set_for_pydicom():
-    cmd = decode_command(_command_bytes(AffectedSOPClassUID=CT, CommandField=C_STORE_RQ, MessageID=7, Priority=0,
+    cmd = decode_command(command_bytes(AffectedSOPClassUID=CT, CommandField=C_STORE_RQ, MessageID=7, Priority=0,
                                         CommandDataSetType=0x0000, AffectedSOPInstanceUID="1.2.3.4.55"))
     raw = encode_response(cmd, 0xC210)
     ds = read_dataset(BytesIO(raw), is_implicit_VR=True, is_little_endian=True)
@@ -182,6 +158,6 @@ def test_response_is_a_valid_command_set_for_pydicom():
 
 def test_command_without_command_field_is_refused():
     with pytest.raises(CommandError):
-        decode_command(_command_bytes(MessageID=1, CommandDataSetType=0x0101))
+        decode_command(command_bytes(MessageID=1, CommandDataSetType=0x0101))
     with pytest.raises(CommandError):
         decode_command(b"\x00\x00\x00\x01\xff\x00\x00\x00")  # element longer than the set
