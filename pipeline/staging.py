@@ -316,10 +316,16 @@ class BoundaryReading:
                 "text": self.text}
 
 
+# Intrapulmonary stations are bounded by segmental and subsegmental bronchi, which PET/CT cannot
+# place a node against: never the "other" station of a border reading.
+NO_BORDER_ALTERNATIVE = frozenset({"12", "13", "14"})
+
+
 def boundary_readings(primary_side: Side | None, positive_nodes: Iterable[tuple[str, str, Mapping[str, float]]],
                       ) -> list[BoundaryReading]:
     """For each positive node (tracking id, station, {nearby station: mm}), the N categories with
-    that node moved to each nearby station, kept where a category changes.
+    that node moved to a nearby station, where a category changes: one reading per node and
+    changed category, naming the nearest such station.
 
     The station keeps its place when another positive node is in it too (the move does not
     empty it). Nearby stations come from the lesion reading (`stations_near`)."""
@@ -329,13 +335,18 @@ def boundary_readings(primary_side: Side | None, positive_nodes: Iterable[tuple[
     out = []
     for i, (tid, station, near) in enumerate(nodes):
         others = base_stations[:i] + base_stations[i + 1:]
-        for alternative, mm in sorted(near.items(), key=lambda kv: kv[1]):
+        seen: set[tuple[str, str]] = set()
+        for alternative, mm in sorted(near.items(), key=lambda kv: (kv[1], kv[0])):
             try:
                 alt_station = normalize_station(alternative)
             except ValueError:
                 continue
+            if _number(alt_station) in NO_BORDER_ALTERNATIVE:
+                continue
             moved = stage(primary_side, others + [alt_station])
-            if (moved.n_tnm8, moved.n_tnm9) != (base.n_tnm8, base.n_tnm9):
+            changed = (moved.n_tnm8, moved.n_tnm9)
+            if changed != (base.n_tnm8, base.n_tnm9) and changed not in seen:
+                seen.add(changed)
                 out.append(BoundaryReading(tid, station, alt_station, float(mm), base.n_tnm8, base.n_tnm9,
                                            moved.n_tnm8, moved.n_tnm9))
     return out

@@ -352,3 +352,12 @@ def test_a_station_held_by_another_positive_node_stays_involved():
 def test_moving_the_only_node_of_a_station_can_change_n2a_to_n2b():
     readings = boundary_readings("right", [("Node 1 (4R)", "4R", {}), ("Node 2 (2R)", "2R", {"4R": 4.0})])
     assert [(r.alternative, r.alt_n_tnm9) for r in readings] == [("4R", "N2a")]
+
+
+def test_intrapulmonary_stations_are_never_the_other_reading():
+    assert boundary_readings("left", [("Node 2 (6)", "6", {"13L": 4.0})]) == []
+
+
+def test_one_reading_per_changed_category_naming_the_nearest_station():
+    readings = boundary_readings("left", [("Node 1 (10L)", "10L", {"8L": 5.0, "7": 2.5})])
+    assert [(r.alternative, r.distance_mm, r.alt_n_tnm8) for r in readings] == [("7", 2.5, "N2")]
