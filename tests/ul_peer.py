@@ -370,9 +370,9 @@ def _fuzz_case(rng) -> tuple[str, bytes]:
     return kind, _established(rng, p_data(3, True, True, echo_command()) + release_rq())
 
 
-def _exchange(port: int, payload: bytes) -> bytes:
+def _exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
     """Send `payload`, half-close, and read everything the node answers until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         try:
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
@@ -387,13 +387,14 @@ def _exchange(port: int, payload: bytes) -> bytes:
         return reply
 
 
-def _reply_types(reply: bytes) -> list[int]:
-    """The PDU types in a reply; asserts that it is a whole sequence of PDUs an acceptor may send."""
+def _reply_types(reply: bytes, allowed: frozenset[int] | set[int] = _REPLY_TYPES) -> list[int]:
+    """The PDU types in a reply; asserts that it is a whole sequence of `allowed` PDUs (by default
+    any an acceptor may send)."""
     types, pos = [], 0
     while pos < len(reply):
         assert pos + 6 <= len(reply), f"truncated PDU header in {reply[:64]!r}"
         length = struct.unpack(">I", reply[pos + 2:pos + 6])[0]
-        assert reply[pos] in _REPLY_TYPES and pos + 6 + length <= len(reply), reply[pos:pos + 16]
+        assert reply[pos] in allowed and pos + 6 + length <= len(reply), reply[pos:pos + 16]
         types.append(reply[pos])
         pos += 6 + length
     return types

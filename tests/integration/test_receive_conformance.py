@@ -311,28 +311,13 @@ def _malformed_requests() -> dict[str, bytes]:
     }
 
 
+_NO_DATA_REPLIES = frozenset({peer.A_ASSOCIATE_AC, peer.A_ASSOCIATE_RJ, peer.A_ABORT, peer.A_RELEASE_RP})
+
+
 def _reply_or_close(port: int, payload: bytes) -> list[int]:
-    """Send, half-close, read until the node closes: the PDU types it answered (a whole sequence of PDUs)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        try:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        reply = b""
-        try:
-            while chunk := sock.recv(65536):
-                reply += chunk
-        except ConnectionResetError:
-            pass
-    types, pos = [], 0
-    while pos < len(reply):
-        assert pos + 6 <= len(reply), reply[:32]
-        length = struct.unpack(">I", reply[pos + 2:pos + 6])[0]
-        assert reply[pos] in (peer.A_ASSOCIATE_AC, peer.A_ASSOCIATE_RJ, peer.A_ABORT, peer.A_RELEASE_RP)
-        types.append(reply[pos])
-        pos += 6 + length
-    return types
+    """Send, half-close, read until the node closes: the PDU types it answered (a whole sequence of
+    PDUs, none of them P-DATA: nothing here may reach the DIMSE layer)."""
+    return peer._reply_types(peer._exchange(port, payload, timeout=10), allowed=_NO_DATA_REPLIES)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
