@@ -317,21 +317,28 @@ def test_batch_killed_midway_resumes_without_redoing_finished_studies(archive, t
     assert len(evaluate_reads(ledger).entries) == 3  # what `nodestage evaluate` reads
 
 
-def test_node_on_celery_sends_once_after_its_worker_is_killed(archive, redis_url, orthanc, tmp_path):
-    """The node's jobs on Celery (queue live): a worker lost mid-study, the study redelivered, sent once."""
-    from dicomnode.index.studies import DONE
-    from tests.node_fixtures import make_config, orthanc_instances, running_node, storescu, study_row
+def celery_node_config(tmp_path: Path, redis_url: str, orthanc, **celery):
+    """A clinical-mode node with one worker thread, sending to `orthanc`, its jobs on Celery."""
+    from tests.node_fixtures import make_config
 
-    study_dir = archive / COHORT_CASES[3] / "dicom"
-    uid = find_studies(study_dir)[0].study_uid
-    cfg = make_config(tmp_path / "node", {
+    return make_config(tmp_path / "node", {
         "worker": {"concurrency": 1, "timeout_seconds": STUDY_TIMEOUT_S},
         "studies": {"scan_interval_seconds": 0.5},
         "mode": "clinical",
         "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
         "executor": {"kind": "celery", "celery": {
-            "broker_url": redis_url, "max_deliveries": 3, "task_time_limit_s": TASK_TIME_LIMIT_S,
-            "visibility_timeout_s": VISIBILITY_TIMEOUT_S, "queue_wait_s": 3 * VISIBILITY_TIMEOUT_S}}})
+            "broker_url": redis_url, "task_time_limit_s": TASK_TIME_LIMIT_S,
+            "visibility_timeout_s": VISIBILITY_TIMEOUT_S, **celery}}})
+
+
+def test_node_on_celery_sends_once_after_its_worker_is_killed(archive, redis_url, orthanc, tmp_path):
+    """The node's jobs on Celery (queue live): a worker lost mid-study, the study redelivered, sent once."""
+    from dicomnode.index.studies import DONE
+    from tests.node_fixtures import orthanc_instances, running_node, storescu, study_row
+
+    study_dir = archive / COHORT_CASES[3] / "dicom"
+    uid = find_studies(study_dir)[0].study_uid
+    cfg = celery_node_config(tmp_path, redis_url, orthanc, max_deliveries=3, queue_wait_s=3 * VISIBILITY_TIMEOUT_S)
     worker = start_worker(redis_url, "w1", tmp_path)
     replacement = None
     try:
@@ -373,18 +380,11 @@ def test_node_collects_on_a_tick_so_one_worker_thread_keeps_two_studies_in_fligh
     """worker.concurrency 1 and two Celery workers: the node submits both studies without waiting on
     the first, they run at once, and the collect tick sends each one's outputs once."""
     from dicomnode.index.studies import DONE
-    from tests.node_fixtures import make_config, orthanc_instances, running_node, storescu, study_row
+    from tests.node_fixtures import orthanc_instances, running_node, storescu, study_row
 
     study_dirs = [archive / case / "dicom" for case in COHORT_CASES[4:6]]
     uids = [find_studies(d)[0].study_uid for d in study_dirs]
-    cfg = make_config(tmp_path / "node", {
-        "worker": {"concurrency": 1, "timeout_seconds": STUDY_TIMEOUT_S},
-        "studies": {"scan_interval_seconds": 0.5},
-        "mode": "clinical",
-        "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
-        "executor": {"kind": "celery", "celery": {
-            "broker_url": redis_url, "task_time_limit_s": TASK_TIME_LIMIT_S, "max_in_flight": 4,
-            "visibility_timeout_s": VISIBILITY_TIMEOUT_S, "queue_wait_s": 300, "collect_interval_s": 0.5}}})
+    cfg = celery_node_config(tmp_path, redis_url, orthanc, max_in_flight=4, queue_wait_s=300, collect_interval_s=0.5)
     workers = [start_worker(redis_url, name, tmp_path) for name in ("w1", "w2")]
     try:
         with running_node(cfg) as node:
