@@ -7,7 +7,10 @@
 - below the diaphragm: physiologic when the peak is in a labelled abdominal organ,
   else distant; not staged here;
 - node: the SUV *peak* lies in a nodal station's region (station hygiene: no
-  nearest-station fallback); read by `pipeline.lesions.reading`;
+  nearest-station fallback); read by `pipeline.lesions.reading`. One exception
+  is read in full: a node whose peak lies inside the esophagus label (it passed the
+  physiologic test as focal and nodular, so the label took in a node pressed against
+  the esophagus) belongs to the station region the label hides it from;
 - outside_stations: thoracic, not physiologic, its peak in no station region;
 - distant: outside the thorax (above the lung apices outside station 1, below the bases).
 """
@@ -28,6 +31,9 @@ PRIMARY_MIN_SHELL_FRACTION = 0.15  # a central mass must at least abut the lung
 CENTRAL_PRIMARY_MIN_ML = 10.0
 DIAPHRAGM_MARGIN_MM = 10.0
 NEAR_STATION_MM = 5.0
+# A node inside the esophagus label is reached through it: the station region within its depth
+# in the label plus NEAR_STATION_MM, and never further than this.
+THROUGH_LABEL_MAX_MM = 12.0
 # A node whose peak lies this close to another station's region could be in either: station
 # borders drawn on CT are uncertain by a few mm, and the PET peak by about one PET voxel.
 BOUNDARY_MM = 5.0
@@ -65,10 +71,21 @@ class Candidate:
     physiologic: tuple[PhysiologicSite, str] | None = None
     abdominal_organ: str | None = None
     component: int = 0  # the connected component it was split from
+    station_through: str | None = None  # the structure label holding the peak, when the station is reached through it
 
     @property
     def tlg(self) -> float:
         return self.suvmean * self.mtv_ml
+
+    @property
+    def in_station(self) -> bool:
+        """Its peak is in the station's region, or in a label that hides that region (read in full)."""
+        return self.station is not None and (self.station_distance_mm == 0 or self.station_through is not None)
+
+    @property
+    def outside_station_mm(self) -> float:
+        """How far outside its station's region the peak lies, for the hygiene cap (0: read in full)."""
+        return 0.0 if self.in_station else self.station_distance_mm
 
     @property
     def central_mass(self) -> bool:
@@ -76,19 +93,20 @@ class Candidate:
 
 
 def station_at(stations: np.ndarray | None, value_to_station: dict[int, str], peak,
-               spacing: np.ndarray) -> tuple[str | None, float]:
+               spacing: np.ndarray, reach_mm: float = NEAR_STATION_MM) -> tuple[str | None, float]:
     """Station hygiene: the station whose region holds the peak voxel (distance 0).
 
-    When none does, the nearest station region within NEAR_STATION_MM (about one PET
-    voxel: the peak's own uncertainty) and its distance; such a node can be at most
-    equivocal. Beyond that: (None, inf).
+    When none does, the nearest station region within `reach_mm` (by default
+    NEAR_STATION_MM, about one PET voxel: the peak's own uncertainty) and its distance;
+    such a node can be at most equivocal. Beyond that: (None, inf).
     """
     if stations is None:
         return None, float("inf")
     here = value_to_station.get(int(stations[tuple(peak)]))
     if here is not None:
         return here, 0.0
-    r = np.ceil(NEAR_STATION_MM / spacing).astype(int)
+    spacing = np.asarray(spacing, float)
+    r = np.ceil(reach_mm / spacing).astype(int)
     box = tuple(slice(max(int(c) - k, 0), int(c) + k + 1) for c, k in zip(peak, r))
     local = np.asarray(stations[box])
     known = np.isin(local, list(value_to_station))
@@ -97,18 +115,38 @@ def station_at(stations: np.ndarray | None, value_to_station: dict[int, str], pe
     offs = (np.argwhere(known) + [b.start for b in box] - np.array(peak)) * spacing
     d = np.sqrt((offs ** 2).sum(axis=1))
     j = int(np.argmin(d))
-    if d[j] > NEAR_STATION_MM:
+    if d[j] > reach_mm:
         return None, float("inf")
     return value_to_station[int(local[tuple(np.argwhere(known)[j])])], float(d[j])
 
 
+def station_through_label(stations: np.ndarray | None, value_to_station: dict[int, str], peak,
+                          spacing: np.ndarray, label: np.ndarray, label_peak) -> tuple[str | None, float]:
+    """The station of a node whose peak lies inside a structure label that took it in.
+
+    Station regions are the fat around the labelled structures, so a node that a
+    label swallowed (the esophagus label takes in a node of the same density pressed
+    against it) has its peak outside every region, by up to its depth in the label.
+    Its station is the region nearest the peak within that depth plus NEAR_STATION_MM
+    (at most THROUGH_LABEL_MAX_MM). `label` is the structure's mask on a crop holding
+    the peak at `label_peak`. (None, inf) when the peak is not in the label.
+    """
+    label_peak = tuple(int(v) for v in label_peak)
+    if stations is None or not label[label_peak]:
+        return None, float("inf")
+    depth = float(ndimage.distance_transform_edt(label, sampling=spacing)[label_peak])
+    return station_at(stations, value_to_station, peak, spacing,
+                      reach_mm=min(depth + NEAR_STATION_MM, THROUGH_LABEL_MAX_MM))
+
+
 def stations_near(stations: np.ndarray | None, value_to_station: dict[int, str], peak, spacing: np.ndarray,
-                  radius_mm: float = BOUNDARY_MM) -> dict[str, float]:
+                  radius_mm: float = BOUNDARY_MM, own: str | None = None) -> dict[str, float]:
     """Each station region within `radius_mm` of the peak voxel, with its distance (mm), the
-    peak's own station excluded: the stations a boundary call could have gone to instead."""
+    node's own station (by default the one holding the peak) excluded: the stations a
+    boundary call could have gone to instead."""
     if stations is None:
         return {}
-    own = value_to_station.get(int(stations[tuple(peak)]))
+    own = own or value_to_station.get(int(stations[tuple(peak)]))
     r = np.ceil(radius_mm / np.asarray(spacing, float)).astype(int)
     box = tuple(slice(max(int(c) - k, 0), int(c) + k + 1) for c, k in zip(peak, r))
     local = np.asarray(stations[box])
@@ -199,7 +237,7 @@ def _lobes_of(c: Candidate, cands: list[Candidate]) -> list[Candidate]:
     """The other foci of c's component that belong to the same mass: peak in no station, not physiologic."""
     return [o for o in cands if o is not c and o.component == c.component and not o.ct_only
             and not o.below_diaphragm and o.physiologic is None
-            and (o.station is None or o.station_distance_mm > 0)]
+            and not o.in_station]
 
 
 def primary_lobes(cands: list[Candidate], primary: Candidate | None) -> list[Candidate]:
@@ -258,8 +296,13 @@ def name_focus(c: Candidate, primary: Candidate | None, primary_how: str) -> Nam
         return Naming(LesionKind.PHYSIOLOGIC, f"{why} ({numbers}); physiologic or non-nodal, never counted for N",
                       physiologic_site=site)
     if c.station in NODAL_STATIONS:
-        where = ("its peak lies in the station's region" if c.station_distance_mm == 0 else
-                 f"its peak lies {c.station_distance_mm:.0f} mm outside the station's region: equivocal at most")
+        if c.station_distance_mm == 0:
+            where = "its peak lies in the station's region"
+        elif c.station_through:
+            where = (f"its peak lies inside the {c.station_through} label, {c.station_distance_mm:.0f} mm from the "
+                     f"station's region: a node pressed against the {c.station_through}, which the label took in")
+        else:
+            where = f"its peak lies {c.station_distance_mm:.0f} mm outside the station's region: equivocal at most"
         return Naming(LesionKind.NODE, f"station {c.station} ({where})", station=c.station,
                       side=station_side(c.station))
     if c.lung_fraction >= INTRAPULMONARY_SHELL_FRACTION:

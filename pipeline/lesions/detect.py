@@ -179,7 +179,7 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
         if naming.kind == LesionKind.NODE:
             status, why = reading.read_node(reading.NodeMeasures(c.suvmax, c.suvpeak, c.short_axis, not c.ct_only),
                                             refs, settings.positivity)
-            status, why = reading.cap_outside_station(status, why, c.station_distance_mm)
+            status, why = reading.cap_outside_station(status, why, c.outside_station_mm)
             rule = f"{naming.rule}: {why}"
             positive = status == NodeStatus.POSITIVE
             node_no += 1
@@ -232,14 +232,21 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
     short = soft_mm if body.any() else short_axis_mm(local, sp)
     suvmax = float(values.max()) if ct_only else float(max(pet_max.get(lab, 0.0), values.max()))
     station, station_mm = classify.station_at(stations, value_to_station, peak, sp)
-    nearby = classify.stations_near(stations, value_to_station, peak, sp) if station_mm == 0.0 else {}
+    through = None
+    esophagus = ctx.mask(physiologic.ESOPHAGUS)
+    if station_mm > 0 and not ct_only and esophagus is not None and esophagus[peak]:
+        inside, inside_mm = classify.station_through_label(stations, value_to_station, peak, sp, esophagus[sl], lp)
+        if inside is not None:
+            station, station_mm, through = inside, inside_mm, physiologic.ESOPHAGUS
+    nearby = (classify.stations_near(stations, value_to_station, peak, sp, own=station)
+              if station_mm == 0.0 or through else {})
     c = classify.Candidate(
         label=lab, sl=sl, local=local, peak=peak, centroid_mm=physical(ct_img, c_index), peak_mm=peak_mm,
         suvmax=suvmax, suvpeak=suv_peak(s_local, local, sp), suvmean=float(values.mean()),
         mtv_ml=float(local.sum() * vml), short_axis=short,
         station=station, station_distance_mm=station_mm,
         lung_fraction=lung_fraction, side_by_position=side, lobe=lobe, below_diaphragm=below,
-        in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only, nearby_stations=nearby)
+        in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only, nearby_stations=nearby, station_through=through)
     if below:
         c.abdominal_organ = organ
     elif not ct_only and lung_fraction < classify.INTRAPULMONARY_SHELL_FRACTION:

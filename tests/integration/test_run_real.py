@@ -8,10 +8,16 @@ the lesion rewrite of issue 12; LPS mm, z up; carina at z -100, cricoid at about
 - Nodal focus 1: right low paratracheal / supraclavicular mass at the thoracic inlet, SUVmax ~13,
   peak about (-12, -40, 19), soft tissue right-lateral and posterior to the trachea, ~4 cm
   craniocaudal (1R/2R border; the station map calls it 1R).
-- Nodal focus 2: subcarinal / left paraesophageal focus, SUVmax ~8 at about (21, 12, -112),
-  focal on top of linear esophageal uptake (SUV 4-5.6 above and below). Before the rewrite it was
-  merged with the esophagus and called "other"; it is now its own focus. The classical station map
-  puts no station under its peak (7 and 10L lie 4-8 mm away), so it is read equivocal at most.
+- Nodal focus 2: subcarinal / left paraesophageal node, SUVmax ~8, SUVpeak ~5.1 (PERCIST liver
+  threshold 3.3), short axis ~12 mm, at about (21, 12, -112): 11 mm below the carina, behind the
+  left main bronchus, right of the descending aorta, in front of the spine. A round soft-tissue
+  nodule, focal on top of linear esophageal uptake (SUV 4-5.6 above and below). Before the rewrite
+  it was merged with the esophagus and called "other"; then it was its own focus but read only
+  equivocal: its peak lies inside the classical esophagus label, which takes in the node pressed
+  against the esophagus, 4 mm from station 7's region (the fat around the labels), and station
+  hygiene capped it. A thoracic reader calls it a positive station-7 node (station 8 begins only
+  below 7's lower border, z about -140). It is now read in full as 7, through the esophagus label
+  (`classify.station_through_label`).
 - Everything else is physiologic or non-nodal:
   - neck above the cricoid (z > 25): laryngeal/pharyngeal uptake (e.g. the subglottic left wall
     at (7, -59, 32), SUVmax 6.6, which the old pipeline called a positive 1R node) and neck muscles;
@@ -26,7 +32,9 @@ the lesion rewrite of issue 12; LPS mm, z up; carina at z -100, cricoid at about
   - the left sternoclavicular joint (peak (40, -63, -27), SUVmax 3.3, between the clavicle head and
     the manubrium, 3 mm from each label): degenerative joint uptake, formerly an equivocal "3a";
   - the left low paratracheal focus at the thoracic inlet ((25, -40, -14), SUVmax 5.2) has a fainter
-    twin on the right: thyroid lower pole or a node, left equivocal (1L) by the map; defensible;
+    twin on the right and 88 HU at its peak on this unenhanced CT (iodine-rich thyroid, not node
+    density): thyroid lower pole more likely than a node; its peak lies 3 mm outside 1L, so it is
+    read equivocal (1L) at most, which is right: it must not be positive;
   - the liver dome and upper abdomen (z below -200, noisy delayed liver, the old "8R", "9R",
     "9L", "8L" nodes), kidneys (SUVmax up to 51), bowel;
   - shoulder and chest-wall muscles, ribs, the arms (outside the stations).
@@ -34,11 +42,13 @@ the lesion rewrite of issue 12; LPS mm, z up; carina at z -100, cricoid at about
   rests on ratios to the blood pool and the liver, and the warning is on the result.
 
 Asserted: the primary is found; every positive node is one of the two nodal foci above (so every
-focus judged physiologic is not positive); the subcarinal focus is its own focus, not physiologic;
+focus judged physiologic is not positive); the subcarinal focus is its own focus, a positive
+station-7 node; the thoracic-inlet 1L focus is not positive;
 the delayed-scan warning is present and the liver CV is reported (37 % in a proxy sphere without a
 liver label, about 19 % in the PERCIST sphere once the anatomy has one; the noisy-image warning
 follows it). The true N is not known (the two nodal foci
-give N2 or N3 depending on whether focus 1 is called 1R or 2R), so it is not asserted.
+give N2 or N3 depending on whether focus 1 is called 1R or 2R), so it is not asserted; station 7
+alone would make it N2 (the primary is right-sided).
 """
 
 import json
@@ -56,6 +66,7 @@ STERNOCLAVICULAR_JOINT = (40.0, -63.0, -27.0)
 NODAL_FOCI = {"right paratracheal / supraclavicular": (-12.0, -40.0, 19.0), "subcarinal": (21.0, 12.0, -112.0)}
 ESOPHAGEAL = [(12.0, -3.0, -63.0), (7.0, 2.0, -154.0), (2.0, -7.0, -177.0), (7.0, -35.0, -206.0)]
 LARYNGEAL = (7.0, -59.0, 32.0)
+THORACIC_INLET_LEFT = (25.0, -40.0, -14.0)
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +149,23 @@ def test_the_ventricular_wall_and_the_sternoclavicular_joint_are_named(acrin_res
 
 
 @pytest.mark.slow
-def test_the_subcarinal_focus_is_seen_on_its_own(acrin_result):
+def test_the_subcarinal_focus_is_its_own_positive_station_7_node(acrin_result):
     result, _ = acrin_result
     near = _near(result, NODAL_FOCI["subcarinal"], 8)
     assert near, "the subcarinal focus is not reported"
     focus = max(near, key=lambda l: l["suvmax"])
     assert focus["suvmax"] > 6.5 and focus["mtv_ml"] < 25  # split from the esophagus, not the whole tube
-    assert focus["kind"] not in ("physiologic", "primary")
+    assert focus["kind"] == "node" and focus["station"] == "7", focus["rule"]
+    assert focus["status"] == "positive", focus["rule"]
+    assert "7" in result["involved_stations"] and result["station_status"]["7"] == "positive"
+
+
+@pytest.mark.slow
+def test_the_thoracic_inlet_focus_beside_the_thyroid_is_not_positive(acrin_result):
+    result, _ = acrin_result
+    near = _near(result, THORACIC_INLET_LEFT, 10)
+    assert near, "the left thoracic-inlet focus is not reported"
+    assert not any(l["positive"] for l in near), [(l["tracking_id"], l["rule"]) for l in near]
 
 
 @pytest.mark.slow

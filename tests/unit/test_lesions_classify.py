@@ -33,6 +33,50 @@ def test_a_peak_just_outside_a_station_is_named_with_its_distance_and_never_posi
     assert cap_outside_station(NodeStatus.NEGATIVE, "negative", d)[0] == NodeStatus.NEGATIVE
 
 
+
+def test_a_node_inside_the_esophagus_label_is_read_in_the_station_the_label_hides():
+    """ACRIN-042's subcarinal node: its peak lies in the esophagus label (the label took in the node
+    pressed against it), 4 mm from station 7's region. It is a 7 node read in full, not capped."""
+    st = _stations()
+    eso = np.zeros(st.shape, bool)
+    eso[:, 14:27, 15:20] = True  # the label fills the 10 mm gap between 4R and 7, and more
+    st[eso] = 0
+    peak = (10, 20, 18)  # 4 mm into the label from 7 (x 20), 8 mm from 4R (x 14)
+    assert classify.station_at(st, VALUES, peak, SPACING) == ("7", 4.0)  # the plain reading: capped
+    station, d = classify.station_through_label(st, VALUES, peak, SPACING, eso, peak)
+    assert station == "7" and d == 4.0
+    c = _candidate(station=station, station_distance_mm=d, station_through="esophagus")
+    assert c.in_station and c.outside_station_mm == 0.0
+    naming = classify.name_focus(c, None, "")
+    assert naming.kind == LesionKind.NODE and naming.station == "7" and "inside the esophagus label" in naming.rule
+    assert cap_outside_station(NodeStatus.POSITIVE, "positive: SUVmax 8", c.outside_station_mm)[0] == \
+        NodeStatus.POSITIVE
+    # The same distance without the label: capped at equivocal.
+    plain = _candidate(station="7", station_distance_mm=4.0)
+    assert not plain.in_station and plain.outside_station_mm == 4.0
+    assert cap_outside_station(NodeStatus.POSITIVE, "positive: SUVmax 8", plain.outside_station_mm)[0] == \
+        NodeStatus.EQUIVOCAL
+
+
+def test_the_reach_through_a_label_is_its_depth_plus_the_near_margin_and_bounded():
+    st = np.zeros((20, 40, 40), np.uint8)
+    st[:, :, 30:40] = 2  # 7 from x 30 (60 mm)
+    eso = np.zeros(st.shape, bool)
+    eso[:, :, 22:30] = True  # a 16 mm label against 7
+    # 2 mm deep in the label (x 29 is 2 mm from its edge at 30): 2 mm from 7, reached.
+    assert classify.station_through_label(st, VALUES, (10, 20, 29), SPACING, eso, (10, 20, 29))[0] == "7"
+    # Not in the label: nothing through it.
+    assert classify.station_through_label(st, VALUES, (10, 20, 20), SPACING, eso, (10, 20, 20)) == \
+        (None, float("inf"))
+    # A label wider than THROUGH_LABEL_MAX_MM: a peak that deep reaches nothing.
+    st2 = np.zeros((20, 40, 40), np.uint8)
+    st2[:, :, 39:40] = 2
+    eso2 = np.zeros(st2.shape, bool)
+    eso2[:, :, 0:39] = True
+    far = (10, 20, 30)  # 18 mm from 7
+    assert classify.station_through_label(st2, VALUES, far, SPACING, eso2, far) == (None, float("inf"))
+
+
 def test_stations_near_a_peak_are_those_within_the_border_margin():
     st = np.zeros((20, 40, 40), np.uint8)
     st[:, :, 0:15] = 1  # 4R
