@@ -137,8 +137,9 @@ def _place_lesions(space: Space, lm: Landmarks, case: RealCase, rng) -> list[Pla
     occupied = np.zeros(space.labels.shape, bool)
     for node in case.nodes:
         r_nominal = node.radius_mm or float(rng.uniform(*POSITIVE_RADIUS_MM))
+        needs = 0.0 if node.role == "small_subthreshold" else MIN_ENLARGED_RADIUS_MM - NODE_ABUT_MM
         c, room = place(space, lm, station_rule(node.station, lm), r_nominal, occupied,
-                        lung_allowance_mm=LUNG_ALLOWANCE_MM)
+                        lung_allowance_mm=LUNG_ALLOWANCE_MM, min_room_mm=needs)
         r = min(r_nominal, room + NODE_ABUT_MM)
         if node.role != "small_subthreshold" and r < MIN_ENLARGED_RADIUS_MM:
             raise ValueError(f"{case.name}: only {2 * r:.1f} mm of room for the {node.role} {node.station} node")
@@ -152,6 +153,18 @@ def _place_lesions(space: Space, lm: Landmarks, case: RealCase, rng) -> list[Pla
         sl, inside = ellipsoid_mask(space, c, tuple(s + NODE_SEPARATION_MM for s in semi))
         occupied[sl] |= inside
     return lesions
+
+
+def _placement_space(anatomy_dir: str | Path, size: Size, space: Space) -> Space:
+    """Where the lesions are placed (with that grid's landmarks): always the small grid, so a case
+    has the same nodes (centres, sizes) at either size. On the 0.7 mm full grid the labels' own edges leave some station windows
+    (4L beside the arch) under 10 mm of free space, where the small grid's 1.4 mm labels leave just
+    enough; the node then abuts its neighbours by a fraction of a millimetre, as real nodes do."""
+    if size == "small":
+        return space
+    small = load_anatomy(anatomy_dir, "small")
+    return Space(sitk.GetArrayFromImage(small.ct), sitk.GetArrayFromImage(small.labels), small.names,
+                 small.ct.GetOrigin(), small.ct.GetSpacing())
 
 
 def _paint_ct(space: Space, lesions: list[PlacedLesion], rng) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +299,8 @@ def generate(out_dir: str | Path, case: str, anatomy_dir: str | Path, size: Size
     space = Space(sitk.GetArrayFromImage(anat.ct), sitk.GetArrayFromImage(anat.labels), anat.names,
                   anat.ct.GetOrigin(), anat.ct.GetSpacing())
     lm = find_landmarks(space)
-    lesions = _place_lesions(space, lm, c, rng)
+    at = _placement_space(anatomy_dir, size, space)
+    lesions = _place_lesions(at, lm if at is space else find_landmarks(at), c, rng)
     hu, index = _paint_ct(space, lesions, rng)
     ct_img = _image_like(hu.astype(np.float32), anat.ct)
     labels_img = _image_like(space.labels, anat.labels)

@@ -301,12 +301,16 @@ def free_space(space: Space, zs: slice) -> np.ndarray:
 
 
 def place(space: Space, lm: Landmarks, rule: Rule, radius_mm: float, occupied: np.ndarray,
-          fat_only: bool = False, lung_allowance_mm: float = 0.0) -> tuple[tuple[float, float, float], float]:
+          fat_only: bool = False, lung_allowance_mm: float = 0.0,
+          min_room_mm: float = MIN_CLEARANCE_MM) -> tuple[tuple[float, float, float], float]:
     """The point of the rule's region with the most room (capped at the radius), near its preferred point.
 
     A node may push up to `lung_allowance_mm` into the lung (hilar and mediastinal nodes
-    indent the lung; they never enter a vessel, airway or organ). Returns the centre
-    (LPS mm) and the room there: how far a node centred there may reach.
+    indent the lung; they never enter a vessel, airway or organ). Only points with at
+    least `min_room_mm` of room count: on the 0.7 mm full-size grid a point nearer the
+    preferred one with too little room would otherwise win (a node that must stay
+    >= 10 mm wide). Returns the centre (LPS mm) and the room there: how far a node
+    centred there may reach.
     """
     k_lo = max(space.k(min(rule.z)), 0)
     k_hi = min(space.k(max(rule.z)), space.labels.shape[0] - 1)
@@ -334,7 +338,7 @@ def place(space: Space, lm: Landmarks, rule: Rule, radius_mm: float, occupied: n
         dx, dy = xs[None, :] - ref[0], ys[:, None] - ref[1]
         region = (dx >= rule.dx[0]) & (dx <= rule.dx[1]) & (dy >= rule.dy[0]) & (dy <= rule.dy[1])
         c = clearance[k - zs.start]
-        ok = region & (c >= MIN_CLEARANCE_MM)
+        ok = region & (c >= max(MIN_CLEARANCE_MM, min_room_mm))
         if not ok.any():
             continue
         dist = np.sqrt((dx - rule.target[0]) ** 2 + (dy - rule.target[1]) ** 2 + (space.z(k) - rule.target[2]) ** 2)
@@ -343,7 +347,7 @@ def place(space: Space, lm: Landmarks, rule: Rule, radius_mm: float, occupied: n
         if score[j, i] > best_score:
             best_score, best = score[j, i], (float(xs[i]), float(ys[j]), space.z(k), float(c[j, i]))
     if best is None:
-        raise ValueError(f"no free voxel for rule {rule}")
+        raise ValueError(f"no point with {max(MIN_CLEARANCE_MM, min_room_mm):g} mm of room for rule {rule}")
     return best[:3], best[3]
 
 
