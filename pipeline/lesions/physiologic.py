@@ -36,8 +36,10 @@ itself), in the order a reader rules things out:
 - vascular: the peak inside a labelled great vessel (eroded 2 mm) with most of the
   focus in vessels;
 - brown fat: the peak in fat density (−150 to −50 HU on CT smoothed to PET
-  resolution) with no soft-tissue nodule under it (none ≥ 5 mm, or fat at the
-  peak voxel itself);
+  resolution over the tissue no structure label claims: an enhanced aorta or a
+  vertebra beside paravertebral brown fat would otherwise lift it into soft-tissue
+  range) with no soft-tissue nodule under it (none ≥ 5 mm, or fat at the peak voxel
+  itself);
 - linear: uptake much longer craniocaudally than wide, away from the esophagus:
   along a vessel or a muscle, not nodal.
 
@@ -255,9 +257,10 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
     # The peak's own neighbourhood is fat (not a nodule, and not lung: a tumour's lung edge also smooths to -100).
     hu_here = _mean_within(ct, lp, sp, FAT_AT_PEAK_RADIUS_MM)
     peak_in_fat = FAT_HU[0] <= hu_here < FAT_AT_PEAK_HU
-    if not central_mass and FAT_HU[0] <= _smoothed_hu(ctx, peak) <= FAT_HU[1] and (
+    tissue_hu = _smoothed_hu(ctx, peak)
+    if not central_mass and FAT_HU[0] <= tissue_hu <= FAT_HU[1] and (
             soft_tissue_mm < BROWN_FAT_MAX_SOFT_TISSUE_MM or peak_in_fat):
-        return PhysiologicSite.BROWN_FAT, (f"brown fat: the peak is in fat density ({_smoothed_hu(ctx, peak):.0f} HU "
+        return PhysiologicSite.BROWN_FAT, (f"brown fat: the peak is in fat density ({tissue_hu:.0f} HU "
                                            "at PET resolution) with no soft-tissue nodule under it")
     if linear and not central_mass and not focal_on_esophagus:
         return PhysiologicSite.VASCULAR, (f"linear uptake, longer craniocaudally than {LINEAR_RATIO:g}x its width: "
@@ -298,13 +301,27 @@ def _mean_around(arr: np.ndarray, p: tuple[int, int, int], r: int) -> float:
     return float(np.mean(arr[sl]))
 
 
+CLAIMED_MASKS = (BONE, HEART, ESOPHAGUS, THYROID, "vessels", "air_named", "trachea")
+
+
 def _smoothed_hu(ctx: Physiology, peak: tuple[int, int, int]) -> float:
-    """CT at the peak, smoothed to the PET's resolution (a Gaussian of its FWHM)."""
+    """CT at the peak smoothed to the PET's resolution (a Gaussian of its FWHM), over the tissue
+    that no structure label claims (a normalised convolution); the plain smoothed CT where labels
+    claim the whole neighbourhood. The question is what tissue the focus sits in, not what lies beside it."""
     sigma = ctx.pet_fwhm_mm / 2.3548 / ctx.spacing
     r = np.ceil(3 * sigma).astype(int)
     sl = tuple(slice(max(c - k, 0), c + k + 1) for c, k in zip(peak, r))
-    local = ndimage.gaussian_filter(np.asarray(ctx.ct[sl], np.float32), sigma, mode="nearest")
-    return float(local[tuple(int(c - s.start) for c, s in zip(peak, sl))])
+    at = tuple(int(c - s.start) for c, s in zip(peak, sl))
+    ct = np.asarray(ctx.ct[sl], np.float32)
+    free = np.ones(ct.shape, np.float32)
+    for name in CLAIMED_MASKS:
+        m = ctx.mask(name)
+        if m is not None:
+            free[np.asarray(m[sl])] = 0.0
+    weight = ndimage.gaussian_filter(free, sigma, mode="nearest")[at]
+    if weight < 0.05:
+        return float(ndimage.gaussian_filter(ct, sigma, mode="nearest")[at])
+    return float(ndimage.gaussian_filter(ct * free, sigma, mode="nearest")[at] / weight)
 
 
 def _near_midline_airway(ctx: Physiology, peak: tuple[int, int, int]) -> bool:

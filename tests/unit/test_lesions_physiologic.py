@@ -47,6 +47,21 @@ def test_brown_fat_is_uptake_in_fat_without_a_soft_tissue_nodule():
     assert _site(ct, suv, {}, (40, 50, 50), soft_mm=14.0) is None
 
 
+
+def test_brown_fat_beside_an_enhanced_aorta_and_a_node_in_the_same_place():
+    """The LIDC 4L case's paravertebral brown fat at full size: fat at the peak (-107 HU), but the
+    enhanced aorta and the vertebra beside it lifted the plain smoothed CT to +7 HU, and it was read
+    as an equivocal 5 mm "9L node". The labelled structures are left out of the smoothing."""
+    ct = np.full(SHAPE, FAT, np.float32)
+    aorta = ball(SHAPE, (40, 50, 38), 13.0)
+    ct[aorta] = 300.0  # contrast-enhanced blood; plain smoothing at the peak 3 mm away: -49 HU
+    suv = (gaussian(SHAPE, (40, 50, 54), 3.0, 3.0) + 0.5).astype(np.float32)
+    assert _site(ct, suv, {"aorta": aorta}, (40, 50, 54), radius_mm=5, soft_mm=5.2) == PhysiologicSite.BROWN_FAT
+    node_ct = ct.copy()
+    node_ct[ball(SHAPE, (40, 50, 56), 6.0)] = SOFT  # a 12 mm node in the same place: a node
+    assert _site(node_ct, suv, {"aorta": aorta}, (40, 50, 54), radius_mm=5, soft_mm=12.0) is None
+
+
 def _esophagus():
     z, y, x = grid(SHAPE)
     return (y - 60) ** 2 + (x - 50) ** 2 <= 8.0 ** 2
