@@ -10,7 +10,7 @@
   nearest-station fallback); read by `pipeline.lesions.reading`. One exception
   is read in full: a node whose peak lies inside the esophagus label (it passed the
   physiologic test as focal and nodular, so the label took in a node pressed against
-  the esophagus) belongs to the station region the label hides it from;
+  the esophagus) belongs to the station-7 region the label hides it from;
 - outside_stations: thoracic, not physiologic, its peak in no station region;
 - distant: outside the thorax (above the lung apices outside station 1, below the bases).
 """
@@ -32,8 +32,13 @@ CENTRAL_PRIMARY_MIN_ML = 10.0
 DIAPHRAGM_MARGIN_MM = 10.0
 NEAR_STATION_MM = 5.0
 # A node inside the esophagus label is reached through it: the station region within its depth
-# in the label plus NEAR_STATION_MM, and never further than this.
+# in the label plus NEAR_STATION_MM, and never further than this ...
 THROUGH_LABEL_MAX_MM = 12.0
+# ... and only into station 7: at its levels the esophagus runs through the subcarinal space, and
+# the node pressed against it is the one a label swallows. Lower down a focal spot inside the
+# esophagus is more often esophagitis or the GE junction (the LIDC N2b case at full size: its
+# distal-esophageal trap read as a positive 8L node through the label), so it stays capped.
+THROUGH_ESOPHAGUS_STATIONS = ("7",)
 # A node whose peak lies this close to another station's region could be in either: station
 # borders drawn on CT are uncertain by a few mm, and the PET peak by about one PET voxel.
 BOUNDARY_MM = 5.0
@@ -121,7 +126,8 @@ def station_at(stations: np.ndarray | None, value_to_station: dict[int, str], pe
 
 
 def station_through_label(stations: np.ndarray | None, value_to_station: dict[int, str], peak,
-                          spacing: np.ndarray, label: np.ndarray, label_peak) -> tuple[str | None, float]:
+                          spacing: np.ndarray, label: np.ndarray, label_peak,
+                          only: tuple[str, ...] | None = None) -> tuple[str | None, float]:
     """The station of a node whose peak lies inside a structure label that took it in.
 
     Station regions are the fat around the labelled structures, so a node that a
@@ -129,14 +135,18 @@ def station_through_label(stations: np.ndarray | None, value_to_station: dict[in
     against it) has its peak outside every region, by up to its depth in the label.
     Its station is the region nearest the peak within that depth plus NEAR_STATION_MM
     (at most THROUGH_LABEL_MAX_MM). `label` is the structure's mask on a crop holding
-    the peak at `label_peak`. (None, inf) when the peak is not in the label.
+    the peak at `label_peak`. (None, inf) when the peak is not in the label, or when that
+    region is not one of `only`.
     """
     label_peak = tuple(int(v) for v in label_peak)
     if stations is None or not label[label_peak]:
         return None, float("inf")
     depth = float(ndimage.distance_transform_edt(label, sampling=spacing)[label_peak])
-    return station_at(stations, value_to_station, peak, spacing,
-                      reach_mm=min(depth + NEAR_STATION_MM, THROUGH_LABEL_MAX_MM))
+    station, d = station_at(stations, value_to_station, peak, spacing,
+                            reach_mm=min(depth + NEAR_STATION_MM, THROUGH_LABEL_MAX_MM))
+    if only is not None and station not in only:
+        return None, float("inf")
+    return station, d
 
 
 def stations_near(stations: np.ndarray | None, value_to_station: dict[int, str], peak, spacing: np.ndarray,

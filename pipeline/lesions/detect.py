@@ -235,7 +235,8 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
     through = None
     esophagus = ctx.mask(physiologic.ESOPHAGUS)
     if station_mm > 0 and not ct_only and esophagus is not None and esophagus[peak]:
-        inside, inside_mm = classify.station_through_label(stations, value_to_station, peak, sp, esophagus[sl], lp)
+        inside, inside_mm = classify.station_through_label(stations, value_to_station, peak, sp, esophagus[sl], lp,
+                                                           only=classify.THROUGH_ESOPHAGUS_STATIONS)
         if inside is not None:
             station, station_mm, through = inside, inside_mm, physiologic.ESOPHAGUS
     nearby = (classify.stations_near(stations, value_to_station, peak, sp, own=station)

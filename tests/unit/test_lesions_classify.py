@@ -77,6 +77,23 @@ def test_the_reach_through_a_label_is_its_depth_plus_the_near_margin_and_bounded
     assert classify.station_through_label(st2, VALUES, far, SPACING, eso2, far) == (None, float("inf"))
 
 
+def test_only_station_7_is_reached_through_the_esophagus_label():
+    """The LIDC N2b case at full size: a distal-esophageal focal spot inside the label, 4 mm from 8L,
+    read through the label as a positive 8L node (N3 instead of N2). Below 7 it stays capped."""
+    values = {1: "8L", 2: "7"}
+    st = np.zeros((20, 40, 40), np.uint8)
+    st[:, :, 30:40] = 1  # 8L
+    eso = np.zeros(st.shape, bool)
+    eso[:, :, 22:30] = True
+    peak = (10, 20, 29)
+    assert classify.station_through_label(st, values, peak, SPACING, eso, peak)[0] == "8L"
+    assert classify.station_through_label(st, values, peak, SPACING, eso, peak,
+                                          only=classify.THROUGH_ESOPHAGUS_STATIONS) == (None, float("inf"))
+    st[st == 1] = 2  # the same place in 7
+    assert classify.station_through_label(st, values, peak, SPACING, eso, peak,
+                                          only=classify.THROUGH_ESOPHAGUS_STATIONS)[0] == "7"
+
+
 def test_stations_near_a_peak_are_those_within_the_border_margin():
     st = np.zeros((20, 40, 40), np.uint8)
     st[:, :, 0:15] = 1  # 4R
