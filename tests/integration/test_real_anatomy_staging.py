@@ -15,6 +15,7 @@ from pipeline.anatomy import AnatomySettings
 from pipeline.phantom_real import REAL_CASES, generate
 from pipeline.run import run_study
 from pipeline.settings import PipelineSettings
+from pipeline.study_result import PhysiologicSite
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +70,32 @@ def _trap_near(point, truth) -> str:
 @pytest.mark.parametrize("case", sorted(REAL_CASES))
 def test_real_anatomy_case_is_staged_right(studies, case, backend):
     study = studies[case]
-    truth = study.truth
-    result = run_study(study.out_dir / "dicom", _settings(study, backend))
+    _assert_staged_right(run_study(study.out_dir / "dicom", _settings(study, backend)), study.truth)
+
+
+# At full size (512x512, 0.7 mm: the CLI's default) the classical labels differ: the LIDC N2b case's
+# distal-esophageal trap was once read through the esophagus label as a positive 8L node (N3), and
+# the 4L case's paravertebral brown fat as an equivocal 9L node. Two cases, classical backend.
+FULL_SIZE_CASES = ("lidc_n2a_left_4l", "lidc_n2b_right_4r_7")
+
+
+@pytest.fixture(scope="module")
+def full_size_studies(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real_staging_full")
+    return {c: generate(root / c, c, shared_data / LIDC, "full", 0) for c in FULL_SIZE_CASES}
+
+
+@pytest.mark.parametrize("case", FULL_SIZE_CASES)
+def test_real_anatomy_case_is_staged_right_at_full_size(full_size_studies, case):
+    study = full_size_studies[case]
+    result = run_study(study.out_dir / "dicom", _settings(study, "classical"))
+    _assert_staged_right(result, study.truth)
+    physiologic = {f.physiologic_site for f in result.lesions if f.kind == "physiologic"}
+    if case == "lidc_n2a_left_4l":
+        assert PhysiologicSite.BROWN_FAT in physiologic and not result.equivocal_stations, result.equivocal_stations
+
+
+def _assert_staged_right(result, truth) -> None:
     why = _diagnosis(result, truth)
     assert result.n_tnm8 == truth["expected"]["n_tnm8"], why
     assert result.n_tnm9 == truth["expected"]["n_tnm9"], why
