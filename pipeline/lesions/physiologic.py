@@ -22,7 +22,8 @@ itself), in the order a reader rules things out:
   the focus, the focus peaking at the heart's edge (≤ 4 mm)
   or joined to that myocardium without a valley (never below 85 %) — spill-over
   from the myocardium, or myocardium the heart label missed — unless the focus is 1.5 ×
-  hotter than the heart's 95th-percentile SUV (then the focus lights the heart); and, however
+  hotter than the heart's 95th-percentile SUV (then the focus lights the heart), or, on
+  contrast CT, has its own ≥ 10 mm soft-tissue body outside the label (a node); and, however
   hot, a thin sheet of uptake lying on the heart's surface (≥ 80 % within 5 mm of it, at most
   ~1 FWHM thick, ≥ 4 × the volume of its thickest inscribed sphere): the crescent of a
   ventricular wall the label missed, never the round focus of a node;
@@ -93,6 +94,7 @@ MYOCARDIUM_FOCUS_IN_HEART = 0.5  # a focus mostly outside the heart label, peaki
 MYOCARDIUM_SHEET_REACH_MM = 5.0  # a sheet of uptake this close to the heart lies on its surface
 MYOCARDIUM_SHEET_FRACTION = 0.8  # ... with at least this share of its voxels there
 MYOCARDIUM_SHEET_MAX_HALF_MM = 5.0  # thinner than about one PET FWHM (a node's focus is as thick as it is wide)
+MYOCARDIUM_NODE_MIN_MM = 10.0  # on contrast CT, a soft-tissue body this wide outside the heart label is a node
 MYOCARDIUM_SHEET_RATIO = 4.0  # and at least this many times the volume of the thickest sphere it holds
 JOINT_REACH_MM = 4.0  # a peak this close to two different bones lies in the joint between them
 ESOPHAGUS_WALL_MM = 2.0
@@ -217,7 +219,7 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
     if thyroid is not None and thyroid[lp]:
         return PhysiologicSite.THYROID, "thyroid: the peak is in the thyroid gland"
 
-    myo = _myocardial(ctx, sl, focus, lp, peak_suv)
+    myo = _myocardial(ctx, sl, focus, lp, peak_suv, soft_tissue_mm)
     if myo:
         return PhysiologicSite.MYOCARDIAL, myo
 
@@ -336,7 +338,7 @@ def _near_midline_airway(ctx: Physiology, peak: tuple[int, int, int]) -> bool:
     return bool(d <= AIRWAY_NEAR_MM + 10.0)
 
 
-def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> str | None:
+def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float, soft_tissue_mm: float) -> str | None:
     heart = _local(ctx.mask(HEART), sl)
     if heart is None or not heart.any():
         return None
@@ -364,6 +366,11 @@ def _myocardial(ctx: Physiology, sl, focus: np.ndarray, lp, peak_suv: float) -> 
     if much_hotter:
         return None  # hotter than the myocardium anywhere else: the heart beside it is lit by the focus itself
     if hot < MYOCARDIUM_HOT_FRACTION * peak_suv:
+        return None
+    if ctx.contrast_ct and not heart[lp] and soft_tissue_mm >= MYOCARDIUM_NODE_MIN_MM:
+        # On contrast CT a node against the heart is its own round soft-tissue body outside the label
+        # (the chambers are blood-bright): PSF spill-in from hot myocardium pulls its peak toward the
+        # heart, but spill-over into fat, or a wall strip, has no such body. Unenhanced CT cannot tell.
         return None
     if d_heart[lp] <= MYOCARDIUM_PEAK_REACH_MM:
         return (f"myocardial: the peak is at the heart's edge ({d_heart[lp]:.0f} mm) beside myocardium of SUV "

@@ -127,6 +127,24 @@ def test_myocardium_spilling_beyond_the_heart_label_and_a_node_against_a_quiet_h
     assert _site(ct, node, {"heart": heart}, (30, 50, 58), radius_mm=8) is None
 
 
+
+def test_on_contrast_ct_a_node_against_a_hot_heart_is_not_spill_over():
+    """lidc_n3_left_4r_8l at full size: an 11 mm 8L node against SUV-9 myocardium, its peak pulled to
+    1 mm from the heart label by spill-in, was named myocardial spill-over. On contrast CT its own
+    soft-tissue body outside the label says node; spill-over into fat has none; unenhanced CT cannot tell."""
+    heart = _heart()
+    aorta = ball(SHAPE, (60, 80, 80), 8.0)
+    ct = _soft_ct()
+    ct[heart | aorta] = 300.0  # blood-bright chambers and aorta: a contrast CT
+    wall = heart & ~ball(SHAPE, (30, 50, 30), 14.0)
+    suv = np.maximum(np.where(wall, 9.0, 1.5), gaussian(SHAPE, (30, 50, 54), 3.0, 11.0)).astype(np.float32)
+    labels = {"heart": heart, "aorta": aorta}
+    assert _site(ct, suv, labels, (30, 50, 54), radius_mm=6, soft_mm=11.0) is None
+    assert _site(ct, suv, labels, (30, 50, 54), radius_mm=6, soft_mm=4.0) == PhysiologicSite.MYOCARDIAL
+    unenhanced = _soft_ct()
+    assert _site(unenhanced, suv, labels, (30, 50, 54), radius_mm=6, soft_mm=11.0) == PhysiologicSite.MYOCARDIAL
+
+
 def test_above_the_cricoid_larynx_and_neck_muscle():
     air = ball(SHAPE, (70, 50, 50), 6.0)
     ct = _soft_ct()
