@@ -97,7 +97,7 @@ def detect_lesions(volumes, anatomy: Anatomy, station_map, settings: PipelineSet
         say(f"{n} foci after splitting at peaks")
         rule += "; no CT search for enlarged non-avid nodes (lesions.ct_enlarged_nodes)"
     lesions, out_labels = measure_and_name(volumes, anatomy, station_map, labels, n, settings, refs, study_uid,
-                                           enlarged, component_of, say)
+                                           enlarged, component_of, say, threshold)
     if not any(l.kind == LesionKind.PRIMARY for l in lesions):
         warnings.append("no FDG-avid lesion in or against the lung: primary tumour not found")
     label_img = sitk.GetImageFromArray(out_labels)
@@ -109,7 +109,8 @@ def detect_lesions(volumes, anatomy: Anatomy, station_map, settings: PipelineSet
 def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.ndarray, n: int,
                      settings: PipelineSettings, refs: reading.References, study_uid: str,
                      enlarged: list[np.ndarray], component_of: dict[int, int] | None = None,
-                     say: Callable[[str], None] = lambda _line: None) -> tuple[list[Lesion], np.ndarray]:
+                     say: Callable[[str], None] = lambda _line: None, threshold: float = float("nan")
+                     ) -> tuple[list[Lesion], np.ndarray]:
     ct_img: sitk.Image = volumes.ct
     ct = sitk.GetArrayViewFromImage(ct_img)
     suv = sitk.GetArrayViewFromImage(volumes.suv)
@@ -143,10 +144,15 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
                 or c.lung_fraction >= classify.INTRAPULMONARY_SHELL_FRACTION):
             return c
         core = physiologic.node_apart_from_esophagus(ctx, sl, local, c.peak, float(suv[c.peak]))
-        if core is None:
-            return c
-        return _measure(lab, sl, core, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named,
-                        stations, value_to_station, pet_max, diaphragm, ctx, ct_img)
+        if core is not None:
+            return _measure(lab, sl, core, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named,
+                            stations, value_to_station, pet_max, diaphragm, ctx, ct_img)
+        if physiologic.node_against_heart(ctx, sl, local, c.peak, c.short_axis):
+            whole = physiologic.node_into_heart(ctx, sl, local, c.peak, threshold)
+            if whole is not None:  # judged a node on its part outside the label; measured whole
+                return _measure(lab, sl, whole, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr,
+                                named, stations, value_to_station, pet_max, diaphragm, ctx, ct_img, into_heart=True)
+        return c
 
     cands = []
     step = max(len(regions) // 4, 25)
@@ -203,7 +209,10 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
 
 
 def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named, stations,
-             value_to_station, pet_max, diaphragm, ctx, ct_img) -> classify.Candidate:
+             value_to_station, pet_max, diaphragm, ctx, ct_img, into_heart: bool = False) -> classify.Candidate:
+    """One focus measured and placed. `into_heart`: a node against the heart with the part the heart
+    label took in (`physiologic.node_into_heart`), already judged a node; its station is reached
+    through the label when its peak lies in it."""
     offset = np.array([s.start for s in sl])
     s_local = np.asarray(suv[sl])
     if ct_only:  # no uptake: the deepest point of the soft tissue stands for the peak
@@ -239,6 +248,11 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
                                                            only=classify.THROUGH_ESOPHAGUS_STATIONS)
         if inside is not None:
             station, station_mm, through = inside, inside_mm, physiologic.ESOPHAGUS
+    heart = ctx.mask(physiologic.HEART) if into_heart else None
+    if station_mm > 0 and heart is not None and heart[peak]:
+        inside, inside_mm = classify.station_through_label(stations, value_to_station, peak, sp, heart[sl], lp)
+        if inside is not None:
+            station, station_mm, through = inside, inside_mm, physiologic.HEART
     nearby = (classify.stations_near(stations, value_to_station, peak, sp, own=station)
               if station_mm == 0.0 or through else {})
     c = classify.Candidate(
@@ -250,7 +264,7 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
         in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only, nearby_stations=nearby, station_through=through)
     if below:
         c.abdominal_organ = organ
-    elif not ct_only and lung_fraction < classify.INTRAPULMONARY_SHELL_FRACTION:
+    elif not ct_only and not into_heart and lung_fraction < classify.INTRAPULMONARY_SHELL_FRACTION:
         c.physiologic = physiologic.physiologic_site(ctx, sl, local, peak, float(s_local[lp]),
                                                      soft_mm, central_mass=c.central_mass)
     return c

@@ -12,8 +12,10 @@ itself), in the order a reader rules things out:
   costovertebral or shoulder joints): degenerative joint uptake;
 - larynx / pharynx / neck muscle: the peak above the cricoid (the anatomy's
   ``cricoid`` landmark, else the bottom of ``larynx_pharynx_air``, else the top
-  of the trachea) — near the airway it is laryngeal/pharyngeal, elsewhere neck
-  muscle; no IASLC station lies above the cricoid;
+  of the trachea), or ≥ 2/3 of the focus above it with the peak within one PET
+  FWHM below it (an oblique scalene muscle behind the clavicle) — near the airway
+  it is laryngeal/pharyngeal, elsewhere neck muscle; no IASLC station lies above
+  the cricoid;
 - thyroid: the peak in ``thyroid_gland``;
 - myocardial: the peak in the heart (unless it peaks at the label's edge, ≤ 4 mm
   deep, with most of the focus outside and 1.5 × hotter than the heart's 95th
@@ -95,6 +97,8 @@ MYOCARDIUM_SHEET_REACH_MM = 5.0  # a sheet of uptake this close to the heart lie
 MYOCARDIUM_SHEET_FRACTION = 0.8  # ... with at least this share of its voxels there
 MYOCARDIUM_SHEET_MAX_HALF_MM = 5.0  # thinner than about one PET FWHM (a node's focus is as thick as it is wide)
 MYOCARDIUM_NODE_MIN_MM = 10.0  # on contrast CT, a soft-tissue body this wide outside the heart label is a node
+THROUGH_HEART_MAX_MM = 12.0  # a node the heart label took in lies at most this deep in it ...
+THROUGH_HEART_MAX_SHARE = 2.0  # ... and the part taken back is at most this many times the part outside
 MYOCARDIUM_SHEET_RATIO = 4.0  # and at least this many times the volume of the thickest sphere it holds
 JOINT_REACH_MM = 4.0  # a peak this close to two different bones lies in the joint between them
 ESOPHAGUS_WALL_MM = 2.0
@@ -113,6 +117,8 @@ VESSEL_MIN_FRACTION = 0.6
 AIRWAY_NEAR_MM = 20.0
 LINEAR_RATIO = 2.5
 LINEAR_MIN_LENGTH_MM = 30.0
+NECK_BODY_FRACTION = 2.0 / 3.0  # a focus with this share of its body above the cricoid ...
+NECK_BODY_PEAK_REACH_FWHM = 1.0  # ... and its peak at most this many PET FWHM below it is a neck focus
 
 
 @dataclass
@@ -203,17 +209,16 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
         return PhysiologicSite.JOINT, (f"joint: the peak lies between the {joint[0]} and the {joint[1]} (within "
                                        f"{JOINT_REACH_MM:g} mm of both): degenerative joint uptake, not nodal")
 
-    if ctx.cricoid_index is not None:
-        above = (peak[0] - ctx.cricoid_index) * superior_sign(ctx.anatomy.labels) > 0
-        if above:
-            air = _local(ctx.mask(LARYNX_AIR), sl)
-            near_air = air is not None and air.any() and \
-                ndimage.distance_transform_edt(~air, sampling=sp)[lp] <= AIRWAY_NEAR_MM
-            if near_air or (air is None and _near_midline_airway(ctx, peak)):
-                return PhysiologicSite.LARYNGEAL_PHARYNGEAL, (f"laryngeal/pharyngeal: above {ctx.cricoid_source}, "
-                                                              "beside the airway; no nodal station lies there")
-            return PhysiologicSite.MUSCLE, (f"neck above {ctx.cricoid_source}, away from the airway: muscle "
-                                            "or other cervical tissue; no nodal (N) station lies there")
+    above = _above_cricoid(ctx, sl, focus, peak)
+    if above:
+        air = _local(ctx.mask(LARYNX_AIR), sl)
+        near_air = air is not None and air.any() and \
+            ndimage.distance_transform_edt(~air, sampling=sp)[lp] <= AIRWAY_NEAR_MM
+        if near_air or (air is None and _near_midline_airway(ctx, peak)):
+            return PhysiologicSite.LARYNGEAL_PHARYNGEAL, (f"laryngeal/pharyngeal: {above}, beside the airway; "
+                                                          "no nodal station lies there")
+        return PhysiologicSite.MUSCLE, (f"neck {above}, away from the airway: muscle or other cervical "
+                                        "tissue; no nodal (N) station lies there")
 
     thyroid = _local(ctx.mask(THYROID), sl)
     if thyroid is not None and thyroid[lp]:
@@ -268,6 +273,30 @@ def physiologic_site(ctx: Physiology, sl: tuple[slice, ...], focus: np.ndarray, 
         return PhysiologicSite.VASCULAR, (f"linear uptake, longer craniocaudally than {LINEAR_RATIO:g}x its width: "
                                           "along a vessel or muscle, not nodal")
     return None
+
+
+def _above_cricoid(ctx: Physiology, sl, focus: np.ndarray, peak: tuple[int, int, int]) -> str | None:
+    """Where the focus lies above the cricoid (a phrase for the reason), or None.
+
+    The peak decides, except just below the cricoid: a focus whose body lies mostly above it
+    and whose peak is within one PET FWHM below it (partial volume, or an oblique muscle
+    such as the scalenes running down behind the clavicle) is a neck focus. A station-1
+    node lies below the cricoid with its body; one mostly above it is a cervical node.
+    """
+    if ctx.cricoid_index is None:
+        return None
+    sign = superior_sign(ctx.anatomy.labels)
+    if (peak[0] - ctx.cricoid_index) * sign > 0:
+        return f"above {ctx.cricoid_source}"
+    below_mm = abs(peak[0] - ctx.cricoid_index) * ctx.spacing[0]
+    if below_mm > ctx.pet_fwhm_mm * NECK_BODY_PEAK_REACH_FWHM:
+        return None
+    ks = np.nonzero(focus)[0] + sl[0].start
+    share = float(((ks - ctx.cricoid_index) * sign > 0).mean())
+    if share < NECK_BODY_FRACTION:
+        return None
+    return (f"{share:.0%} of the focus above {ctx.cricoid_source} (its peak {below_mm:.0f} mm below it, "
+            "within the PET's resolution)")
 
 
 def _cortex_around(ctx: Physiology, peak: tuple[int, int, int]) -> int:
@@ -476,6 +505,58 @@ def node_apart_from_esophagus(ctx: Physiology, sl, focus: np.ndarray, peak: tupl
         return None
     core = lab == lab[lp]
     return core if core.sum() < focus.sum() else None
+
+
+def node_against_heart(ctx: Physiology, sl, focus: np.ndarray, peak: tuple[int, int, int],
+                       soft_tissue_mm: float) -> bool:
+    """A focus judged a node (not myocardium) that peaks at the heart label's edge, with its own
+    soft-tissue body there, on contrast CT: the label may have taken in the rest of the node."""
+    heart = ctx.mask(HEART)
+    if not ctx.contrast_ct or heart is None or soft_tissue_mm < MYOCARDIUM_NODE_MIN_MM:
+        return False
+    lp = tuple(int(p - s.start) for p, s in zip(peak, sl))
+    d = ndimage.distance_transform_edt(~heart[sl], sampling=ctx.spacing)
+    return bool(d[lp] <= MYOCARDIUM_PEAK_REACH_MM)
+
+
+def node_into_heart(ctx: Physiology, sl, focus: np.ndarray, peak: tuple[int, int, int],
+                    threshold: float) -> np.ndarray | None:
+    """The node's focus with the part of it the heart label took in (or None: nothing taken in).
+
+    Candidates are cut at the heart label (its uptake is physiologic), so a node pressed
+    against the heart that the classical label swallowed (it holds all soft tissue joined to
+    the heart) keeps only a crescent outside it, peaking at the label's edge: a wrong outline,
+    and a peak that misses the node's station. On contrast CT the node is told from the heart
+    by its density: the part taken back is the heart-label uptake above the threshold that is
+    not blood (under CONTRAST_BLOOD_HU) and belongs to the node's own SUV peak (the watershed
+    basin the focus's peak climbs into), within THROUGH_HEART_MAX_MM of the label's edge.
+    Nothing is taken back when that basin is bigger than the node outside (hot myocardium).
+    """
+    heart = _local(ctx.mask(HEART), sl)
+    if heart is None or not heart.any() or not np.isfinite(threshold):
+        return None
+    sp = ctx.spacing
+    suv = np.asarray(ctx.suv[sl], np.float32)
+    ct = np.asarray(ctx.ct[sl])
+    depth = ndimage.distance_transform_edt(heart, sampling=sp)
+    takeable = heart & (suv >= threshold) & (ct > FAT_HU[1]) & (ct < CONTRAST_BLOOD_HU) \
+        & (depth <= THROUGH_HEART_MAX_MM)
+    region = focus | takeable
+    lab, _ = ndimage.label(region)
+    lp = tuple(int(p - s.start) for p, s in zip(peak, sl))
+    region = lab == lab[lp]
+    if not (region & heart).any():
+        return None
+    from skimage.segmentation import watershed
+
+    footprint = ndimage.generate_binary_structure(3, 1)
+    local_max = (suv == ndimage.maximum_filter(np.where(region, suv, -np.inf), footprint=footprint)) & region
+    markers, _ = ndimage.label(local_max)
+    basins = watershed(-suv, markers, mask=region, connectivity=1)
+    taken = (basins == basins[lp]) & heart & region
+    if not taken.any() or taken.sum() > focus.sum() * THROUGH_HEART_MAX_SHARE:
+        return None
+    return focus | taken
 
 
 def _is_linear(focus: np.ndarray, spacing: np.ndarray) -> bool:

@@ -31,6 +31,10 @@ the lesion rewrite of issue 12; LPS mm, z up; carina at z -100, cricoid at about
     read as an equivocal "9L" node);
   - the left sternoclavicular joint (peak (40, -63, -27), SUVmax 3.3, between the clavicle head and
     the manubrium, 3 mm from each label): degenerative joint uptake, formerly an equivocal "3a";
+  - the right scalene muscle (peak (-35, -26, 19), SUVmax 3.9): thin oblique uptake behind the
+    clavicle, lateral to the 1R mass, running from superomedial to inferolateral over z 13 to 45;
+    81 % of it lies above the cricoid, its peak 2 mm below it, so when only the peak decided it
+    was an equivocal second "1R node". Now named neck muscle by where its body lies;
   - the left low paratracheal focus at the thoracic inlet ((25, -40, -14), SUVmax 5.2) has a fainter
     twin on the right and 88 HU at its peak on this unenhanced CT (iodine-rich thyroid, not node
     density): thyroid lower pole more likely than a node; its peak lies 3 mm outside 1L, so it is
@@ -63,6 +67,7 @@ import pytest
 PRIMARY_PEAK = (-40.0, -26.0, -99.0)
 VENTRICULAR_WALL = (47.0, -39.0, -203.0)
 STERNOCLAVICULAR_JOINT = (40.0, -63.0, -27.0)
+SCALENE_MUSCLE = (-35.0, -26.0, 19.0)
 NODAL_FOCI = {"right paratracheal / supraclavicular": (-12.0, -40.0, 19.0), "subcarinal": (21.0, 12.0, -112.0)}
 ESOPHAGEAL = [(12.0, -3.0, -63.0), (7.0, 2.0, -154.0), (2.0, -7.0, -177.0), (7.0, -35.0, -206.0)]
 LARYNGEAL = (7.0, -59.0, 32.0)
@@ -137,9 +142,11 @@ def test_physiologic_uptake_is_never_positive(acrin_result):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point, site", [(VENTRICULAR_WALL, "myocardial"), (STERNOCLAVICULAR_JOINT, "joint")])
-def test_the_ventricular_wall_and_the_sternoclavicular_joint_are_named(acrin_result, point, site):
-    """Formerly equivocal "9L" and "3a" nodes: named as what they are, so no equivocal station rests on them."""
+@pytest.mark.parametrize("point, site", [(VENTRICULAR_WALL, "myocardial"), (STERNOCLAVICULAR_JOINT, "joint"),
+                                         (SCALENE_MUSCLE, "muscle")])
+def test_the_ventricular_wall_the_sternoclavicular_joint_and_the_scalene_are_named(acrin_result, point, site):
+    """Formerly equivocal "9L", "3a" and second "1R" nodes: named as what they are, so no equivocal
+    station rests on them."""
     result, _ = acrin_result
     near = _near(result, point, 8)
     assert near, f"no focus reported near {point}"

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.lesions.physiologic import Physiology, physiologic_site
+from scipy import ndimage
+
+from pipeline.lesions.physiologic import Physiology, node_against_heart, node_into_heart, physiologic_site
 from pipeline.study_result import PhysiologicSite
 from tests.lesion_arrays import anatomy, ball, gaussian, grid
 
@@ -145,6 +147,41 @@ def test_on_contrast_ct_a_node_against_a_hot_heart_is_not_spill_over():
     assert _site(unenhanced, suv, labels, (30, 50, 54), radius_mm=6, soft_mm=11.0) == PhysiologicSite.MYOCARDIAL
 
 
+def test_a_node_the_heart_label_took_in_is_measured_whole_but_not_the_myocardium():
+    """lidc_n3_left_4r_8l at full size: the classical heart label took in the upper half of an 11 mm
+    8L node; candidates are cut at the heart, so the lesion was a crescent under the node with its
+    peak at the label's edge, 1 mm outside 8L. On contrast CT the node's non-enhancing part inside
+    the label, in the basin of its own peak, is taken back; hot myocardium beside it is not."""
+    heart = _heart()  # x 10..50 mm
+    aorta = ball(SHAPE, (60, 80, 80), 8.0)
+    ct = _soft_ct()
+    ct[heart | aorta] = 300.0
+    node = ball(SHAPE, (30, 50, 50), 6.0)
+    ct[node] = SOFT  # the node, half inside the label
+    suv = np.maximum(np.where(heart, 1.5, 1.0), gaussian(SHAPE, (30, 50, 50), 3.0, 9.0)).astype(np.float32)
+    ctx = Physiology.build(anatomy({"heart": heart, "aorta": aorta}, SHAPE), ct, suv, 7.0)
+    sl = tuple(slice(0, n) for n in SHAPE)
+    focus = (suv >= 3.0) & ~heart
+    peak = np.unravel_index(int(np.argmax(np.where(focus, suv, -1))), SHAPE)
+    assert heart[peak[0], peak[1], peak[2] - 1]  # the crescent peaks at the label's edge
+    assert node_against_heart(ctx, sl, focus, peak, 11.0) and not node_against_heart(ctx, sl, focus, peak, 6.0)
+    whole = node_into_heart(ctx, sl, focus, peak, 3.0)
+    assert whole is not None and whole[15, 25, 25] and (whole & heart).sum() >= 0.4 * focus.sum()  # its centre back
+    assert not (whole & heart & (ct > 150)).any()  # never the blood
+    # Hot myocardium of soft-tissue density joined to the same uptake: its basin is no node, nothing taken.
+    wall = heart & ~ball(SHAPE, (30, 50, 30), 14.0)
+    myo_ct = ct.copy()
+    myo_ct[wall] = SOFT
+    hot = np.maximum(suv, np.where(wall, 12.0, 0.0)).astype(np.float32)
+    ctx_hot = Physiology.build(anatomy({"heart": heart, "aorta": aorta}, SHAPE), myo_ct, hot, 7.0)
+    focus_hot = (hot >= 3.0) & ~heart
+    focus_hot = ndimage.label(focus_hot)[0] == ndimage.label(focus_hot)[0][peak]
+    assert node_into_heart(ctx_hot, sl, focus_hot, peak, 3.0) is None
+    # Unenhanced CT: not judged here at all.
+    plain = Physiology.build(anatomy({"heart": heart, "aorta": aorta}, SHAPE), _soft_ct(), suv, 7.0)
+    assert not node_against_heart(plain, sl, focus, peak, 11.0)
+
+
 def test_above_the_cricoid_larynx_and_neck_muscle():
     air = ball(SHAPE, (70, 50, 50), 6.0)
     ct = _soft_ct()
@@ -157,6 +194,24 @@ def test_above_the_cricoid_larynx_and_neck_muscle():
     assert _site(ct, far, labels, (70, 10, 95), landmarks=landmarks) == PhysiologicSite.MUSCLE
     below = gaussian(SHAPE, (40, 50, 64), 3.0, 6.0) + 1.0  # below the cricoid: not named here
     assert _site(ct, below, labels, (40, 50, 64), landmarks=landmarks) is None
+
+
+def test_an_oblique_neck_muscle_peaking_just_below_the_cricoid_is_muscle_a_node_there_is_not():
+    """ACRIN-042's scalene muscle: a thin oblique strip, 81 % of it above the cricoid, its peak 2 mm
+    below it (read as an equivocal 1R node when only the peak decided). A node with its peak at
+    the same place has its body below the cricoid, in station 1."""
+    ct = _soft_ct()
+    landmarks = {"cricoid": (100.0, 100.0, 60.0)}  # z 60 mm = index 30
+    strip = np.zeros(SHAPE, np.float32)
+    for t in np.linspace(0.0, 1.0, 12):  # from (z 78, y 20, x 84) down and medially to the peak at z 58
+        centre = (78 - 20 * t, 20 + 8 * t, 84 - 10 * t)
+        strip = np.maximum(strip, gaussian(SHAPE, centre, 2.0, 3.0 + 1.0 * t))
+    suv = strip + 1.0
+    assert _site(ct, suv, {}, (68, 24, 79), radius_mm=16, landmarks=landmarks) == PhysiologicSite.MUSCLE
+    node = gaussian(SHAPE, (54, 28, 74), 3.0, 6.0) + 1.0  # peak 6 mm below the cricoid, body below it
+    assert _site(ct, node, {}, (54, 28, 74), radius_mm=8, landmarks=landmarks) is None
+    high_node = gaussian(SHAPE, (58, 28, 74), 3.0, 6.0) + 1.0  # peak 2 mm below: half its body above, still a node
+    assert _site(ct, high_node, {}, (58, 28, 74), radius_mm=8, landmarks=landmarks) is None
 
 
 def test_thyroid_and_vessel():
