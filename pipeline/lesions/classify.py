@@ -10,7 +10,9 @@
   nearest-station fallback); read by `pipeline.lesions.reading`. One exception
   is read in full: a node whose peak lies inside the esophagus label (it passed the
   physiologic test as focal and nodular, so the label took in a node pressed against
-  the esophagus) belongs to the station-7 region the label hides it from;
+  the esophagus) belongs to the station-7 region the label hides it from; and, on
+  contrast CT, a node against the heart measured with the part of it the heart label
+  took in (`physiologic.node_into_heart`) belongs to the region nearest its peak;
 - outside_stations: thoracic, not physiologic, its peak in no station region;
 - distant: outside the thorax (above the lung apices outside station 1, below the bases).
 """
