@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 CROP_MARGIN_MM = 12.0
 SHELL_MM = (2.0, 6.0)
+SYMMETRY_STATIONS = ("1R", "1L")  # lower cervical / supraclavicular: where bilateral muscle and brown fat lie
 NAMED_NOT_NODE = ("aorta", "esophagus", "heart", "trachea", "superior_vena_cava", "pulmonary_artery",
                   "brachiocephalic_vein_left", "brachiocephalic_vein_right", "main_bronchus_left",
                   "main_bronchus_right", "bronchus_intermedius", "thyroid_gland")
@@ -176,6 +177,9 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
         cands = [c for c in cands if c is not primary and c not in lobes] + [merged]
         primary = merged
         how += f"; {len(lobes)} more lobe(s) of the same mass joined (their peaks lie in no nodal station)"
+    for c in cands:
+        if c is not primary:
+            _name_symmetric_uptake(c, ctx, refs, settings)
     lesions: list[Lesion] = []
     out_labels = np.zeros(ct.shape, dtype=np.uint16)
     node_no = 0
@@ -206,6 +210,31 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
             peak_mm=c.peak_mm,
             nearby_stations=dict(c.nearby_stations) if naming.kind == LesionKind.NODE else {}))
     return lesions, out_labels
+
+
+def _name_symmetric_uptake(c: classify.Candidate, ctx: physiologic.Physiology, refs: reading.References,
+                           settings: PipelineSettings) -> None:
+    """A station-1 focus of equivocal grade mirrored by uptake as hot across the midline is
+    bilateral muscle or brown fat (`physiologic.symmetric_uptake`), named so on `c`.
+
+    Only equivocal grade: a focus that reads positive is staged whatever lies opposite (a
+    reader would not call a node muscle because the other side is also hot), and only in
+    station 1, where the scalenes, trapezius and supraclavicular fat lie beside the nodes.
+    The scan may start below the cricoid, leaving the neck rule no level to go by."""
+    if (c.physiologic is not None or c.ct_only or c.below_diaphragm or c.station not in SYMMETRY_STATIONS
+            or c.lung_fraction >= classify.INTRAPULMONARY_SHELL_FRACTION):
+        return
+    status, _ = reading.read_node(reading.NodeMeasures(c.suvmax, c.suvpeak, c.short_axis), refs, settings.positivity)
+    if status != NodeStatus.EQUIVOCAL:
+        return
+    peak_suv = float(ctx.suv[c.peak])
+    mirror = physiologic.symmetric_uptake(ctx, c.peak, peak_suv)
+    if mirror is None:
+        return
+    site = physiologic.symmetric_site(ctx, c.peak)
+    c.physiologic = (site, f"{site.value.replace('_', ' ')}: bilateral symmetric low-grade uptake (equivocal grade, "
+                           f"{mirror.lateral_mm:.0f} mm from the midline; across it, SUV {mirror.mirror_suvmax:.1f}, "
+                           f"{mirror.ratio:.2f}x this focus), not a one-sided node")
 
 
 def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, anatomy_arr, named, stations,

@@ -46,6 +46,11 @@ itself), in the order a reader rules things out:
 - linear: uptake much longer craniocaudally than wide, away from the esophagus:
   along a vessel or a muscle, not nodal.
 
+Afterwards, once the grade is known (`detect`): a station-1 focus of equivocal grade,
+≥ 30 mm from the midline, with uptake as hot (0.75–1.33 ×) within 15 mm of its mirror
+point across the trachea, is bilateral muscle or brown fat (`symmetric_uptake`): the
+neck rule has no level to go by when the scan starts below the cricoid.
+
 Below the diaphragm (`classify`) a focus in liver, spleen, kidney, stomach or bowel
 is physiologic too; elsewhere there it is distant and not staged here.
 """
@@ -119,6 +124,10 @@ LINEAR_RATIO = 2.5
 LINEAR_MIN_LENGTH_MM = 30.0
 NECK_BODY_FRACTION = 2.0 / 3.0  # a focus with this share of its body above the cricoid ...
 NECK_BODY_PEAK_REACH_FWHM = 1.0  # ... and its peak at most this many PET FWHM below it is a neck focus
+SYMMETRY_REACH_MM = 15.0  # the mirror focus lies within this of the peak mirrored across the midline (~2 FWHM)
+SYMMETRY_MIN_RATIO = 0.75  # ... with an SUVmax between this and its inverse times the focus's peak
+SYMMETRY_MIN_LATERAL_MM = 30.0  # ... for a focus this far from the midline (beyond the trachea and thyroid)
+SYMMETRY_MIDLINE_REACH_MM = 20.0  # the trachea's slice nearest the peak, within this, gives the midline
 
 
 @dataclass
@@ -557,6 +566,60 @@ def node_into_heart(ctx: Physiology, sl, focus: np.ndarray, peak: tuple[int, int
     if not taken.any() or taken.sum() > focus.sum() * THROUGH_HEART_MAX_SHARE:
         return None
     return focus | taken
+
+
+@dataclass(frozen=True)
+class MirrorUptake:
+    """Uptake across the midline from a focus: where it was looked for, and how hot it is."""
+
+    lateral_mm: float  # the focus's peak from the midline (the trachea's centre)
+    mirror_suvmax: float  # the hottest voxel within SYMMETRY_REACH_MM of the mirrored peak
+    ratio: float  # mirror_suvmax / the focus's peak SUV
+
+
+def symmetric_uptake(ctx: Physiology, peak: tuple[int, int, int], peak_suv: float) -> MirrorUptake | None:
+    """The matching uptake on the other side of the neck or thoracic inlet, or None.
+
+    Bilateral, symmetric, low-grade uptake in the lower neck and supraclavicular fossae
+    is muscle (scalenes, trapezius, tense or shivering patients) or brown fat; a node is
+    one-sided. The midline is the trachea's centre in the peak's slice; the mirror is
+    looked for within ~2 PET FWHM (bodies are not exactly symmetric) and must be as hot
+    as the focus to within SYMMETRY_MIN_RATIO either way (a far hotter mirror is a lesion
+    of its own, not the same tissue). The caller decides where and for which grade this
+    applies: it does not tell muscle from a node bilaterally involved.
+    """
+    trachea = ctx.mask("trachea")
+    if trachea is None or peak_suv <= 0:
+        return None
+    sp = ctx.spacing
+    ks = np.nonzero(trachea.any(axis=(1, 2)))[0]
+    k = int(ks[np.argmin(np.abs(ks - peak[0]))])
+    if abs(k - peak[0]) * sp[0] > SYMMETRY_MIDLINE_REACH_MM:
+        return None
+    mid_x = float(np.nonzero(trachea[k])[1].mean())
+    lateral_mm = abs(peak[2] - mid_x) * sp[2]
+    if lateral_mm < SYMMETRY_MIN_LATERAL_MM:
+        return None
+    mirror = (peak[0], peak[1], int(round(2 * mid_x - peak[2])))
+    r = np.ceil(SYMMETRY_REACH_MM / sp).astype(int)
+    sl = tuple(slice(max(c - k_, 0), min(c + k_ + 1, n)) for c, k_, n in zip(mirror, r, ctx.suv.shape))
+    if any(s.start >= s.stop for s in sl):
+        return None
+    grid = np.ogrid[sl]
+    ball = sum(((g - c) * d) ** 2 for g, c, d in zip(grid, mirror, sp)) <= SYMMETRY_REACH_MM ** 2
+    values = np.asarray(ctx.suv[sl])[ball]
+    if values.size == 0:
+        return None
+    m = float(values.max())
+    ratio = m / peak_suv
+    if not SYMMETRY_MIN_RATIO <= ratio <= 1.0 / SYMMETRY_MIN_RATIO:
+        return None
+    return MirrorUptake(lateral_mm, m, ratio)
+
+
+def symmetric_site(ctx: Physiology, peak: tuple[int, int, int]) -> PhysiologicSite:
+    """Brown fat where the peak sits in fat density at PET resolution, otherwise muscle."""
+    return PhysiologicSite.BROWN_FAT if FAT_HU[0] <= _smoothed_hu(ctx, peak) <= FAT_HU[1] else PhysiologicSite.MUSCLE
 
 
 def _is_linear(focus: np.ndarray, spacing: np.ndarray) -> bool:

@@ -77,8 +77,10 @@ def test_real_anatomy_case_is_staged_right(studies, case, backend):
 # distal-esophageal trap was once read through the esophagus label as a positive 8L node (N3), and
 # the 4L case's paravertebral brown fat as an equivocal 9L node; and in the N3 case the classical
 # heart label took in the upper half of the 11 mm 8L node, which was segmented as a crescent under
-# it, peaking 1 mm outside 8L (equivocal). Three cases, classical backend.
-FULL_SIZE_CASES = ("lidc_n2a_left_4l", "lidc_n2b_right_4r_7", "lidc_n3_left_4r_8l")
+# it, peaking 1 mm outside 8L (equivocal). In the N2a case the neck-muscle slab (the scan starts below
+# the cricoid, so the neck rule has no level) was read as two equivocal 1L nodes, "N2 (N3 if 1L is
+# involved)", until bilateral symmetric low-grade uptake was named. Four cases, classical backend.
+FULL_SIZE_CASES = ("lidc_n2a_left_4l", "lidc_n2a_right_7", "lidc_n2b_right_4r_7", "lidc_n3_left_4r_8l")
 WHOLE_NODE_MM = 2.5  # the 8L node's lesion centroid from the true centre (the crescent's: 3.7 mm)
 
 
@@ -96,6 +98,8 @@ def test_real_anatomy_case_is_staged_right_at_full_size(full_size_studies, case)
     physiologic = {f.physiologic_site for f in result.lesions if f.kind == "physiologic"}
     if case == "lidc_n2a_left_4l":
         assert PhysiologicSite.BROWN_FAT in physiologic and not result.equivocal_stations, result.equivocal_stations
+    if case == "lidc_n2a_right_7":
+        assert PhysiologicSite.MUSCLE in physiologic and not result.equivocal_stations, result.equivocal_stations
     if case == "lidc_n3_left_4r_8l":
         true_8l = next(l["center_mm"] for l in study.truth["lesions"] if l["station"] == "8L")
         node = next(f for f in result.lesions if f.kind == "node" and f.station == "8L")

@@ -5,7 +5,8 @@ import pytest
 
 from scipy import ndimage
 
-from pipeline.lesions.physiologic import Physiology, node_against_heart, node_into_heart, physiologic_site
+from pipeline.lesions.physiologic import (Physiology, node_against_heart, node_into_heart, physiologic_site,
+                                          symmetric_site, symmetric_uptake)
 from pipeline.study_result import PhysiologicSite
 from tests.lesion_arrays import anatomy, ball, gaussian, grid
 
@@ -212,6 +213,35 @@ def test_an_oblique_neck_muscle_peaking_just_below_the_cricoid_is_muscle_a_node_
     assert _site(ct, node, {}, (54, 28, 74), radius_mm=8, landmarks=landmarks) is None
     high_node = gaussian(SHAPE, (58, 28, 74), 3.0, 6.0) + 1.0  # peak 2 mm below: half its body above, still a node
     assert _site(ct, high_node, {}, (58, 28, 74), radius_mm=8, landmarks=landmarks) is None
+
+
+def _mirror(suv, ct=None, centre_mm=(40, 50, 86)):
+    trachea = ball(SHAPE, (40, 50, 50), 8.0) | ball(SHAPE, (60, 50, 50), 8.0) | ball(SHAPE, (20, 50, 50), 8.0)
+    ctx = Physiology.build(anatomy({"trachea": trachea}, SHAPE), _soft_ct() if ct is None else ct, suv, 7.0)
+    focus = ball(SHAPE, centre_mm, 8.0)
+    peak = np.unravel_index(int(np.argmax(np.where(focus, suv, -1))), SHAPE)
+    return ctx, peak, symmetric_uptake(ctx, peak, float(suv[peak]))
+
+
+def test_symmetric_low_grade_uptake_across_the_midline():
+    """The phantom's neck-muscle slab in a scan starting below the cricoid: a focus 36 mm lateral
+    to the trachea with its twin across the midline (not exactly mirrored: bodies are not
+    symmetric) is bilateral tissue; alone, or against a far hotter lesion opposite, it is not."""
+    left = gaussian(SHAPE, (40, 50, 86), 3.0, 3.0)
+    twin = gaussian(SHAPE, (44, 56, 18), 3.0, 2.8)  # 8 mm off the mirrored point, 0.93 x as hot
+    _, _, mirror = _mirror(left + twin + 1.0)
+    assert mirror is not None and 0.85 < mirror.ratio < 1.0 and abs(mirror.lateral_mm - 36.0) < 2.5
+    assert _mirror(left + 1.0)[2] is None  # one-sided
+    assert _mirror(left + gaussian(SHAPE, (40, 50, 14), 3.0, 9.0) + 1.0)[2] is None  # a hot lesion opposite
+    far_twin = gaussian(SHAPE, (40, 80, 14), 3.0, 3.0)  # 30 mm from the mirrored point: not the same tissue
+    assert _mirror(left + far_twin + 1.0)[2] is None
+    near = gaussian(SHAPE, (40, 50, 66), 3.0, 3.0) + gaussian(SHAPE, (40, 50, 34), 3.0, 3.0)
+    assert _mirror(near + 1.0, centre_mm=(40, 50, 66))[2] is None  # 16 mm from the midline: trachea, thyroid
+    ctx, peak, _ = _mirror(left + twin + 1.0)
+    assert symmetric_site(ctx, peak) == PhysiologicSite.MUSCLE
+    fat = np.full(SHAPE, FAT, np.float32)
+    ctx, peak, _ = _mirror(left + twin + 1.0, ct=fat)
+    assert symmetric_site(ctx, peak) == PhysiologicSite.BROWN_FAT
 
 
 def test_thyroid_and_vessel():
