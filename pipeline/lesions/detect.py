@@ -179,7 +179,7 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
         how += f"; {len(lobes)} more lobe(s) of the same mass joined (their peaks lie in no nodal station)"
     for c in cands:
         if c is not primary:
-            _name_symmetric_uptake(c, ctx, refs, settings)
+            name_symmetric_uptake(c, ctx, refs, settings)
     lesions: list[Lesion] = []
     out_labels = np.zeros(ct.shape, dtype=np.uint16)
     node_no = 0
@@ -212,7 +212,7 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
     return lesions, out_labels
 
 
-def _name_symmetric_uptake(c: classify.Candidate, ctx: physiologic.Physiology, refs: reading.References,
+def name_symmetric_uptake(c: classify.Candidate, ctx: physiologic.Physiology, refs: reading.References,
                            settings: PipelineSettings) -> None:
     """A station-1 focus of equivocal grade mirrored by uptake as hot across the midline is
     bilateral muscle or brown fat (`physiologic.symmetric_uptake`), named so on `c`.

@@ -244,6 +244,34 @@ def test_symmetric_low_grade_uptake_across_the_midline():
     assert symmetric_site(ctx, peak) == PhysiologicSite.BROWN_FAT
 
 
+def test_only_an_equivocal_station_1_focus_is_named_for_its_mirror():
+    """Positive grade is staged whatever lies opposite; outside station 1, symmetry is not read."""
+    from pipeline.lesions import classify
+    from pipeline.lesions.detect import name_symmetric_uptake
+    from pipeline.lesions.reading import References
+    from pipeline.lesions.references import ReferenceRegion
+    from pipeline.settings import PipelineSettings
+
+    refs = References(ReferenceRegion("blood_pool", 1.8, 0.2, 1000, "test"),
+                      ReferenceRegion("liver", 2.2, 0.25, 1000, "test"), 60.0)  # PERCIST threshold 3.8
+
+    def named(height, station):
+        suv = gaussian(SHAPE, (40, 50, 86), 3.0, height) + gaussian(SHAPE, (42, 54, 16), 3.0, height) + 1.0
+        ctx, peak, _ = _mirror(suv)
+        top = float(suv[peak])
+        c = classify.Candidate(label=1, sl=(slice(0, 1),) * 3, local=np.ones((1, 1, 1), bool), peak=peak,
+                               centroid_mm=(0.0, 0.0, 0.0), peak_mm=(0.0, 0.0, 0.0), suvmax=top,
+                               suvpeak=0.7 * top, suvmean=0.5 * top, mtv_ml=2.0, short_axis=14.0, station=station,
+                               station_distance_mm=0.0, lung_fraction=0.0, side_by_position=None, lobe=None,
+                               below_diaphragm=False, in_thorax=True)
+        name_symmetric_uptake(c, ctx, refs, PipelineSettings())
+        return None if c.physiologic is None else c.physiologic[0]
+
+    assert named(2.5, "1L") == PhysiologicSite.MUSCLE  # SUVmax 3.5, SUVpeak 2.5: equivocal
+    assert named(7.0, "1L") is None  # SUVpeak 5.6 > 3.8: positive, kept
+    assert named(2.5, "4L") is None
+
+
 def test_thyroid_and_vessel():
     thyroid = ball(SHAPE, (40, 30, 30), 10.0)
     aorta = ball(SHAPE, (40, 70, 70), 14.0)
