@@ -82,6 +82,7 @@ class Lesion:
     physiologic_site: PhysiologicSite | None = None  # set when kind is PHYSIOLOGIC
     peak_mm: tuple[float, float, float] | None = None  # LPS position of SUVmax (station hygiene uses it)
     nearby_stations: dict[str, float] = field(default_factory=dict)  # other stations within a few mm of the peak
+    equivocal_because: str | None = None  # why an equivocal node is not positive, in a phrase the report shows
 
     @property
     def equivocal(self) -> bool:

@@ -28,6 +28,7 @@ from pipeline.staging import stage, station_side
 from pipeline.study import Volumes, load_study
 from pipeline.study_result import BackendInfo, Lesion, LesionKind, NodeStatus, PhysiologicSite, StudyResult
 
+EQUIVOCAL_BECAUSE = "SUVpeak <= PERCIST liver threshold 3.80"
 POSITIVITY_RULE = ("positive: SUVmax > blood pool and SUVpeak > 1.5 x liver SUVmean + 2 SD; equivocal: above "
                    "blood pool otherwise; enlarged: short axis ≥ 10 mm (test factory)")
 STATUS_BY_ROLE = {"positive": NodeStatus.POSITIVE, "enlarged_nonavid": NodeStatus.ENLARGED_NON_AVID,
@@ -204,7 +205,8 @@ def result_from_phantom(study_dir: str | Path, volumes: Volumes | None = None, w
             voxel_count=m["voxel_count"], station=station,
             side=t["side"] if kind == "primary" else (station_side(station) if station else None),
             lobe=truth["primary"]["lobe"] if kind == "primary" else None,
-            status=status, positive=positive, rule=rule, peak_mm=m["peak_mm"]))
+            status=status, positive=positive, rule=rule, peak_mm=m["peak_mm"],
+            equivocal_because=EQUIVOCAL_BECAUSE if status == NodeStatus.EQUIVOCAL else None))
     if physiologic:
         for kind, site, centre, radius in (PHANTOM_SPINE_FOCUS, PHANTOM_DISTANT_FOCUS):
             value = int(labels.max()) + 1

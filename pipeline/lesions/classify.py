@@ -79,6 +79,7 @@ class Candidate:
     abdominal_organ: str | None = None
     component: int = 0  # the connected component it was split from
     station_through: str | None = None  # the structure label holding the peak, when the station is reached through it
+    peak_in_label: str | None = None  # the structure label holding the peak, when the station is not reached through it
 
     @property
     def tlg(self) -> float:
@@ -313,6 +314,10 @@ def name_focus(c: Candidate, primary: Candidate | None, primary_how: str) -> Nam
         elif c.station_through:
             where = (f"its peak lies inside the {c.station_through} label, {c.station_distance_mm:.0f} mm from the "
                      f"station's region: a node pressed against the {c.station_through}, which the label took in")
+        elif c.peak_in_label:
+            where = (f"its peak lies inside the {c.peak_in_label} label, {c.station_distance_mm:.0f} mm from the "
+                     f"station's region: a node pressed against the {c.peak_in_label}, or focal uptake in it; "
+                     "equivocal at most")
         else:
             where = f"its peak lies {c.station_distance_mm:.0f} mm outside the station's region: equivocal at most"
         return Naming(LesionKind.NODE, f"station {c.station} ({where})", station=c.station,

@@ -186,9 +186,16 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
     for c in sorted(cands, key=lambda c: (c is not primary, -c.centroid_mm[2])):
         naming = classify.name_focus(c, primary, how)
         status, rule, positive = NodeStatus.NOT_A_NODE, naming.rule, naming.kind == LesionKind.PRIMARY
+        because = None
         if naming.kind == LesionKind.NODE:
-            status, why = reading.read_node(reading.NodeMeasures(c.suvmax, c.suvpeak, c.short_axis, not c.ct_only),
-                                            refs, settings.positivity)
+            measures = reading.NodeMeasures(c.suvmax, c.suvpeak, c.short_axis, not c.ct_only)
+            status, why = reading.read_node(measures, refs, settings.positivity)
+            because = reading.equivocal_reason(measures, refs, settings.positivity) \
+                if status == NodeStatus.EQUIVOCAL else None
+            if status == NodeStatus.POSITIVE and c.outside_station_mm > 0:
+                because = (f"peak inside the {c.peak_in_label}, {c.outside_station_mm:.0f} mm from {naming.station}: "
+                           f"a node against the {c.peak_in_label}, or uptake in it" if c.peak_in_label else
+                           f"peak {c.outside_station_mm:.0f} mm outside {naming.station}")
             status, why = reading.cap_outside_station(status, why, c.outside_station_mm)
             rule = f"{naming.rule}: {why}"
             positive = status == NodeStatus.POSITIVE
@@ -207,7 +214,7 @@ def measure_and_name(volumes, anatomy: Anatomy, station_map, lesion_labels: np.n
             mtv_ml=c.mtv_ml, tlg=c.tlg, short_axis_mm=c.short_axis, voxel_count=int(c.local.sum()),
             station=naming.station, side=naming.side, lobe=c.lobe if naming.kind == LesionKind.PRIMARY else None,
             status=status, positive=positive, rule=rule, physiologic_site=naming.physiologic_site,
-            peak_mm=c.peak_mm,
+            peak_mm=c.peak_mm, equivocal_because=because,
             nearby_stations=dict(c.nearby_stations) if naming.kind == LesionKind.NODE else {}))
     return lesions, out_labels
 
@@ -282,6 +289,8 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
         inside, inside_mm = classify.station_through_label(stations, value_to_station, peak, sp, heart[sl], lp)
         if inside is not None:
             station, station_mm, through = inside, inside_mm, physiologic.HEART
+    in_label = (physiologic.ESOPHAGUS if station_mm > 0 and through is None and not ct_only and esophagus is not None
+                and esophagus[peak] else None)
     nearby = (classify.stations_near(stations, value_to_station, peak, sp, own=station)
               if station_mm == 0.0 or through else {})
     c = classify.Candidate(
@@ -290,7 +299,8 @@ def _measure(lab, sl, local, ct_only, ct, suv, sp, vml, lung, lungs, anatomy, an
         mtv_ml=float(local.sum() * vml), short_axis=short,
         station=station, station_distance_mm=station_mm,
         lung_fraction=lung_fraction, side_by_position=side, lobe=lobe, below_diaphragm=below,
-        in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only, nearby_stations=nearby, station_through=through)
+        in_thorax=diaphragm.in_thorax(peak_mm[2]), ct_only=ct_only, nearby_stations=nearby, station_through=through,
+        peak_in_label=in_label)
     if below:
         c.abdominal_organ = organ
     elif not ct_only and not into_heart and lung_fraction < classify.INTRAPULMONARY_SHELL_FRACTION:

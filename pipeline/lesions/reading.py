@@ -104,6 +104,14 @@ def read_node(m: NodeMeasures, refs: References, s: PositivitySettings) -> tuple
     return NodeStatus.EQUIVOCAL, f"equivocal: {numbers}; above {bp_text}; {second_text}{time_note}"
 
 
+def equivocal_reason(m: NodeMeasures, refs: References, s: PositivitySettings) -> str:
+    """Why a node read equivocal is not positive, in a phrase for the findings list."""
+    if m.short_axis_mm < s.min_reliable_short_axis_mm:
+        return f"under {s.min_reliable_short_axis_mm:g} mm: too small for its SUV to be trusted"
+    _, text = _second_criterion(m, refs, s, refs.uptake_standard(s.uptake_window_min))
+    return text
+
+
 def _second_criterion(m: NodeMeasures, refs: References, s: PositivitySettings,
                       standard_time: bool) -> tuple[bool | None, str]:
     liver_t = refs.liver.percist_threshold

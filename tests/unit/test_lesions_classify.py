@@ -133,6 +133,15 @@ def test_physiologic_beats_station_and_below_diaphragm_beats_both():
     assert node.kind == LesionKind.NODE and node.station == "4R" and node.side == "right"
 
 
+def test_a_peak_inside_the_esophagus_label_names_both_readings():
+    """Below station 7 a focus peaking inside the esophagus label is not read through it: the
+    reason names the differential a reader weighs (a node pressed against it, or focal uptake in it)."""
+    n = classify.name_focus(_candidate(station="8L", station_distance_mm=4.0, peak_in_label="esophagus"), None, "")
+    assert n.kind == LesionKind.NODE and "inside the esophagus label, 4 mm from" in n.rule and "equivocal at most" in n.rule
+    plain = classify.name_focus(_candidate(station="8L", station_distance_mm=4.0), None, "")
+    assert "4 mm outside the station's region" in plain.rule
+
+
 def test_under_the_diaphragm_dome():
     lung = np.zeros((30, 20, 20), bool)
     lung[15:30, :, :10] = True  # lung from z index 15 up, on the x < 10 side

@@ -36,6 +36,13 @@ def test_small_node_is_read_on_suvmax_and_is_equivocal_when_too_small_to_trust()
     assert read(6.5, 3.3, 12.0)[0] == NodeStatus.EQUIVOCAL  # the same SUVpeak in a large node is not enough
 
 
+def test_the_equivocal_reason_is_short_and_names_what_failed():
+    from pipeline.lesions.reading import equivocal_reason
+    refs = References(BP, LIVER, 60.0)
+    assert equivocal_reason(NodeMeasures(3.5, 2.6, 12.0), refs, S) == "SUVpeak <= PERCIST liver threshold 3.80"
+    assert "too small" in equivocal_reason(NodeMeasures(3.5, 2.5, 6.0), refs, S)
+
+
 @pytest.mark.parametrize("suvmax", [1.8, 1.5])
 def test_at_or_below_blood_pool_is_negative(suvmax):
     assert read(suvmax, 1.4, 8.0)[0] == NodeStatus.NEGATIVE
