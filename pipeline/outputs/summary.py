@@ -209,8 +209,8 @@ def finding_text(number: int, lesion: Lesion) -> str:
                 f"MTV {lesion.mtv_ml:.1f} ml")
     station = f"Station {lesion.station}" if lesion.station else "No station"
     because = f" ({lesion.equivocal_because})" if category == Category.EQUIVOCAL and lesion.equivocal_because else ""
-    return (f"{number}. {station}, {common.CATEGORY_LABELS[category]}: "
-            f"SUVmax {lesion.suvmax:.1f}, SUVpeak {lesion.suvpeak:.1f}, short axis {lesion.short_axis_mm:.0f} mm{because}")
+    return (f"{number}. {station}, {common.CATEGORY_LABELS[category]}: SUVmax {lesion.suvmax:.1f}, "
+            f"SUVpeak {lesion.suvpeak:.1f}, short axis {lesion.short_axis_mm:.0f} mm{because}")
 
 
 def _reference_value(region: dict | None) -> tuple[float | None, float | None, float | None]:
